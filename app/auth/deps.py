@@ -1,0 +1,42 @@
+"""FastAPI dependencies for authentication and roles."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.auth import service
+from app.core.db import get_session, session_scope
+from app.core.errors import Unauthorized
+from app.models import User
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+def current_user(request: Request) -> User:
+    # A short transaction of its own: on SQLite every transaction holds the write lock, and the
+    # request's main session should not take it before the upload has been validated.
+    token = bearer_token(request)
+    with session_scope() as session:
+        user = service.authenticate(session, token)
+    request.state.user_id = user.id
+    return user
+
+
+def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
+    service.require_role(user, "admin")
+    return user
+
+
+UserDep = Annotated[User, Depends(current_user)]
+AdminDep = Annotated[User, Depends(admin_user)]

@@ -1,0 +1,93 @@
+"""Users and API tokens. Only a hash of each token is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from app.models import ApiToken, User, utcnow
+
+ROLES = ("admin", "annotator")
+TOKEN_PREFIX = "nc_"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str  # shown once, never stored
+    record: ApiToken
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(session: Session, name: str, role: str) -> User:
+    if role not in ROLES:
+        raise InvalidRequest(f"role must be one of {', '.join(ROLES)}, got {role!r}", field="role")
+    if session.scalar(select(User).where(User.name == name)) is not None:
+        raise Conflict(f"a user named {name!r} already exists", field="name")
+    user = User(name=name, role=role)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def issue_token(session: Session, user: User) -> IssuedToken:
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    record = ApiToken(user_id=user.id, token_hash=hash_token(token), prefix=token[:10])
+    session.add(record)
+    session.flush()
+    return IssuedToken(token, record)
+
+
+def authenticate(session: Session, token: str) -> User:
+    row = session.execute(
+        select(ApiToken, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == hash_token(token))
+    ).first()
+    if row is None:
+        raise Unauthorized("the bearer token is not valid")
+    api_token, user = row
+    if api_token.revoked_at is not None:
+        raise Unauthorized("the bearer token has been revoked")
+    if user.disabled:
+        raise Unauthorized("the user of this token is disabled")
+    return user
+
+
+def require_role(user: User, role: str) -> None:
+    if role == "admin" and user.role != "admin":
+        raise Forbidden(f"this action needs the admin role; {user.name!r} is {user.role}")
+
+
+def get_user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} does not exist", field="user_id")
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.id)))
+
+
+def list_tokens(session: Session, user_id: int) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id)))
+
+
+def revoke_token(session: Session, token_id: int) -> ApiToken:
+    record = session.get(ApiToken, token_id)
+    if record is None:
+        raise NotFound(f"token {token_id} does not exist", field="token_id")
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+    return record
+
+
+def get_or_create_system_user(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    return user if user is not None else create_user(session, name, "admin")

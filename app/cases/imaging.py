@@ -1,0 +1,309 @@
+"""Reading uploads into canonical images, and checking label masks against a case.
+
+Everything here works in memory or in a private temporary directory: nothing is stored until the
+upload has been fully validated. The canonical copy is rebuilt from the voxel array and geometry
+alone, so no header field of the source (DICOM tags, NRRD/MHA key-values, NIfTI descrip) survives.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+
+from app.core.errors import GeometryMismatch, InvalidLabelValues, InvalidUpload, UnsupportedFormat
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# Geometry tolerances for a label against its case. NIfTI stores geometry as float32 and viewers
+# round-trip it, so exact equality would reject honest masks; these still catch any real shift.
+SPACING_RTOL = 1e-3  # relative to the case spacing
+ORIGIN_TOL_VOXELS = 0.01  # fraction of the voxel size along each axis
+DIRECTION_ATOL = 1e-3  # direction cosines
+SLICE_GAP_RTOL = 0.01  # DICOM slice positions must be evenly spaced to within 1 %
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Geometry:
+    shape: tuple[int, int, int]  # (x, y, z) as ITK counts them
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        size = image.GetSize()
+        return cls(
+            shape=(int(size[0]), int(size[1]), int(size[2])),
+            spacing=tuple(float(v) for v in image.GetSpacing()),  # type: ignore[arg-type]
+            origin=tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
+            direction=tuple(float(v) for v in image.GetDirection()),
+        )
+
+
+@dataclass(frozen=True)
+class CanonicalImage:
+    nifti: bytes  # gzip-compressed NIfTI, the stored form
+    geometry: Geometry
+    dtype: str
+    source_format: str
+
+
+def volume_suffix(filename: str) -> str | None:
+    lower = filename.lower()
+    return next((s for s in VOLUME_SUFFIXES if lower.endswith(s)), None)
+
+
+def read_case_upload(files: list[UploadedFile]) -> CanonicalImage:
+    """Turn the files of one ingest request into a canonical 3D image."""
+    if not files:
+        raise InvalidUpload("no file uploaded", field="file")
+    for f in files:
+        if not f.data:
+            raise InvalidUpload(f"file {f.filename!r} is empty", field="file")
+    if len(files) == 1 and volume_suffix(files[0].filename):
+        return _canonical(read_volume(files[0]), _format_name(files[0].filename))
+    if len(files) == 1 and files[0].filename.lower().endswith(".zip"):
+        return _canonical(read_dicom_series(_unzip(files[0])), "dicom")
+    if all(f.filename.lower().endswith(".dcm") for f in files):
+        return _canonical(read_dicom_series(files), "dicom")
+    names = ", ".join(repr(f.filename) for f in files)
+    raise UnsupportedFormat(
+        f"unsupported upload {names}: send one .nii/.nii.gz/.nrrd/.mha file, one .zip of a DICOM series, "
+        "or the .dcm files of one series",
+        field="file",
+    )
+
+
+def _format_name(filename: str) -> str:
+    suffix = volume_suffix(filename) or ""
+    return {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".mha": "mha"}.get(suffix, "unknown")
+
+
+def read_volume(upload: UploadedFile) -> sitk.Image:
+    """Read one NIfTI/NRRD/MHA file with SimpleITK; the format follows the file name."""
+    suffix = volume_suffix(upload.filename)
+    if suffix is None:
+        raise UnsupportedFormat(
+            f"unsupported file type {upload.filename!r}: expected .nii, .nii.gz, .nrrd or .mha", field="file"
+        )
+    if not upload.data:
+        raise InvalidUpload(f"file {upload.filename!r} is empty", field="file")
+    with tempfile.TemporaryDirectory(prefix="nextcase-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(upload.data)
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InvalidUpload(
+                f"could not read {upload.filename!r} as {suffix[1:]}: the file is corrupt or truncated",
+                field="file",
+            ) from exc
+    _require_scalar_3d(image, upload.filename)
+    return image
+
+
+def _require_scalar_3d(image: sitk.Image, name: str) -> None:
+    if image.GetDimension() != 3:
+        raise InvalidUpload(f"{name!r} is {image.GetDimension()}D; a 3D volume is required", field="file")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidUpload(f"{name!r} has several components per voxel; one is required", field="file")
+    if min(image.GetSize()) < 1:
+        raise InvalidUpload(f"{name!r} has an empty dimension", field="file")
+
+
+def _canonical(image: sitk.Image, source_format: str) -> CanonicalImage:
+    array = sitk.GetArrayViewFromImage(image)
+    clean = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    clean.CopyInformation(image)  # geometry only: spacing, origin, direction
+    return CanonicalImage(
+        nifti=write_nifti(clean), geometry=Geometry.of(clean), dtype=str(array.dtype), source_format=source_format
+    )
+
+
+def write_nifti(image: sitk.Image) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="nextcase-") as tmp:
+        path = Path(tmp) / "image.nii.gz"
+        sitk.WriteImage(image, str(path), useCompression=True)
+        return path.read_bytes()
+
+
+def read_nifti(data: bytes) -> sitk.Image:
+    with tempfile.TemporaryDirectory(prefix="nextcase-") as tmp:
+        path = Path(tmp) / "image.nii.gz"
+        path.write_bytes(data)
+        return sitk.ReadImage(str(path))
+
+
+# --- DICOM -------------------------------------------------------------------------------------
+
+
+def _unzip(upload: UploadedFile) -> list[UploadedFile]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(upload.data)) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir() and not _is_junk(m.filename)]
+            files = [UploadedFile(m.filename, archive.read(m)) for m in members]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidUpload(f"{upload.filename!r} is not a readable zip archive", field="file") from exc
+    if not files:
+        raise InvalidUpload(f"{upload.filename!r} contains no files", field="file")
+    return files
+
+
+def _is_junk(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return name.startswith("__MACOSX/") or base.startswith(".") or base.upper() == "DICOMDIR"
+
+
+def _read_dicom(f: UploadedFile) -> pydicom.Dataset:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(f.data))
+    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+        raise InvalidUpload(f"{f.filename!r} is not a readable DICOM file", field="file") from exc
+    missing = [t for t in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+               if t not in ds]
+    if missing:
+        raise InvalidUpload(f"{f.filename!r} lacks the DICOM attribute(s) {', '.join(missing)}", field="file")
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise InvalidUpload(f"{f.filename!r} is a multi-frame DICOM object; send single-frame slices", field="file")
+    return ds
+
+
+def read_dicom_series(files: list[UploadedFile]) -> sitk.Image:
+    """Build a 3D image from the slices of exactly one DICOM series.
+
+    Slices are sorted by their position along the slice normal; the spacing between them must be
+    uniform (a missing slice is rejected rather than silently stretched). Rescale slope and
+    intercept are applied. Only geometry and pixels are kept.
+    """
+    datasets = [_read_dicom(f) for f in files]
+    series: dict[str, list[pydicom.Dataset]] = defaultdict(list)
+    for ds in datasets:
+        series[str(ds.SeriesInstanceUID)].append(ds)
+    if len(series) > 1:
+        raise InvalidUpload(f"the upload holds {len(series)} DICOM series; send one series per case", field="file")
+    if len(datasets) < 2:
+        raise InvalidUpload("a DICOM series needs at least 2 slices for a 3D volume", field="file")
+    row, col = _orientation(datasets[0])
+    normal = np.cross(row, col)
+    ordered = sorted(datasets, key=lambda d: float(np.dot(normal, _position(d))))
+    slice_spacing = _uniform_slice_spacing(ordered, normal)
+    volume = np.stack([_slice_pixels(d) for d in ordered])
+    image = sitk.GetImageFromArray(_narrow_dtype(volume))
+    pixel_spacing = [float(v) for v in ordered[0].PixelSpacing]  # (row spacing, column spacing)
+    image.SetSpacing((pixel_spacing[1], pixel_spacing[0], slice_spacing))
+    image.SetOrigin(tuple(float(v) for v in _position(ordered[0])))
+    image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
+    return image
+
+
+def _orientation(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    return iop[:3], iop[3:]
+
+
+def _position(ds: pydicom.Dataset) -> np.ndarray:
+    return np.array([float(v) for v in ds.ImagePositionPatient])
+
+
+def _uniform_slice_spacing(ordered: list[pydicom.Dataset], normal: np.ndarray) -> float:
+    positions = np.array([float(np.dot(normal, _position(d))) for d in ordered])
+    gaps = np.diff(positions)
+    if np.any(gaps <= 1e-6):
+        raise InvalidUpload("the DICOM series has two slices at the same position", field="file")
+    spacing = float(np.median(gaps))
+    worst = float(np.max(np.abs(gaps - spacing)))
+    if worst > SLICE_GAP_RTOL * spacing:
+        raise InvalidUpload(
+            f"the DICOM slices are not evenly spaced (gaps from {gaps.min():.3f} to {gaps.max():.3f} mm): "
+            "a slice is missing or the series is irregular",
+            field="file",
+        )
+    return spacing
+
+
+def _slice_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    try:
+        pixels = ds.pixel_array.astype(np.float64)
+    except Exception as exc:  # pydicom raises many types for missing handlers / bad data
+        raise InvalidUpload("a DICOM slice has pixel data that cannot be decoded", field="file") from exc
+    if pixels.ndim != 2:
+        raise InvalidUpload("a DICOM slice is not a single-channel 2D image", field="file")
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    return pixels * slope + intercept
+
+
+def _narrow_dtype(volume: np.ndarray) -> np.ndarray:
+    """Keep integers as int16 where they fit exactly (CT HU, most MR); otherwise float32."""
+    if np.all(np.mod(volume, 1) == 0) and volume.min() >= -32768 and volume.max() <= 32767:
+        return volume.astype(np.int16)
+    return volume.astype(np.float32)
+
+
+# --- labels ------------------------------------------------------------------------------------
+
+
+def read_label_upload(upload: UploadedFile, case: Geometry, num_classes: int) -> bytes:
+    """Validate a label mask against its case and the label schema; return canonical NIfTI bytes."""
+    image = read_volume(upload)
+    check_geometry(Geometry.of(image), case)
+    values = sitk.GetArrayFromImage(image)
+    check_label_values(values, num_classes)
+    mask = sitk.GetImageFromArray(values.astype(np.uint8 if num_classes <= 256 else np.uint16))
+    mask.SetSpacing(case.spacing)
+    mask.SetOrigin(case.origin)
+    mask.SetDirection(case.direction)
+    return write_nifti(mask)
+
+
+def check_geometry(label: Geometry, case: Geometry) -> None:
+    if label.shape != case.shape:
+        raise GeometryMismatch(f"label shape {list(label.shape)} differs from case shape {list(case.shape)}",
+                               field="file")
+    spacing_ok = np.allclose(label.spacing, case.spacing, rtol=SPACING_RTOL, atol=0)
+    if not spacing_ok:
+        raise GeometryMismatch(
+            f"label spacing {_fmt(label.spacing)} differs from case spacing {_fmt(case.spacing)} "
+            f"(tolerance {SPACING_RTOL:.0e} relative)", field="file")
+    tol = ORIGIN_TOL_VOXELS * np.asarray(case.spacing)
+    if np.any(np.abs(np.subtract(label.origin, case.origin)) > tol):
+        raise GeometryMismatch(
+            f"label origin {_fmt(label.origin)} differs from case origin {_fmt(case.origin)} "
+            f"(tolerance {ORIGIN_TOL_VOXELS:.0%} of a voxel)", field="file")
+    if not np.allclose(label.direction, case.direction, rtol=0, atol=DIRECTION_ATOL):
+        raise GeometryMismatch(
+            f"label direction {_fmt(label.direction)} differs from case direction {_fmt(case.direction)}",
+            field="file")
+
+
+def check_label_values(values: np.ndarray, num_classes: int) -> None:
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or np.any(np.mod(values, 1) != 0):
+            raise InvalidLabelValues("label values must be whole numbers (class indices)", field="file")
+    elif values.dtype.kind not in "iub":
+        raise InvalidLabelValues(f"label voxel type {values.dtype} is not an integer type", field="file")
+    present = np.unique(values)
+    bad = [int(v) for v in present if v < 0 or v >= num_classes]
+    if bad:
+        raise InvalidLabelValues(
+            f"label values {bad} are outside the project's classes 0..{num_classes - 1}", field="file"
+        )
+
+
+def _fmt(values: Any) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi.responses import FileResponse
+
+from app.auth.deps import AdminDep, SessionDep, UserDep
+from app.cases import repository as repo
+from app.cases import service
+from app.cases.imaging import UploadedFile
+from app.cases.schemas import CasePage, CasePatch, CasePublic, LabelVersionPublic, Split, Status
+from app.core.storage import BlobStore, get_blob_store
+from app.projects.service import get_project
+from app.queue.service import check_and_end_lease, set_queue_flags
+
+router = APIRouter(prefix="/api/v1", tags=["cases"])
+StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
+NIFTI = "application/gzip"
+
+
+def _read(files: list[UploadFile]) -> list[UploadedFile]:
+    # Sync on purpose: routes run in the thread pool, so image decoding never blocks the event loop.
+    return [UploadedFile(f.filename or "", f.file.read()) for f in files]
+
+
+@router.post("/projects/{project_id}/cases", response_model=CasePublic, status_code=201)
+def create_case(
+    project_id: int,
+    session: SessionDep,
+    store: StoreDep,
+    user: AdminDep,
+    file: Annotated[list[UploadFile], File(description="one volume, one DICOM .zip, or the .dcm slices")],
+    patient: Annotated[str, Form(description="the patient's external id; stored only as a keyed hash")],
+) -> CasePublic:
+    uploads = _read(file)
+    project = get_project(session, project_id)
+    case = service.ingest_case(session, store, project, patient, uploads, user)
+    return service.to_public(session, [case])[0]
+
+
+@router.get("/projects/{project_id}/cases", response_model=CasePage)
+def list_cases(
+    project_id: int,
+    session: SessionDep,
+    _: UserDep,
+    status: Status | None = None,
+    split: Split | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> CasePage:
+    get_project(session, project_id)
+    cases, total = repo.list_cases(session, project_id, status, split, limit, offset)
+    return CasePage(items=service.to_public(session, cases), total=total, limit=limit, offset=offset)
+
+
+@router.get("/cases/{case_id}", response_model=CasePublic)
+def get_case(case_id: int, session: SessionDep, _: UserDep) -> CasePublic:
+    return service.to_public(session, [service.get_case(session, case_id)])[0]
+
+
+@router.patch("/cases/{case_id}", response_model=CasePublic)
+def patch_case(case_id: int, body: CasePatch, session: SessionDep, admin: AdminDep) -> CasePublic:
+    case = service.get_case(session, case_id, for_update=True)
+    if body.split is not None:
+        service.set_split(session, case, body.split, admin)
+    if body.pinned is not None or body.excluded is not None:
+        set_queue_flags(session, case, admin, pinned=body.pinned, excluded=body.excluded)
+    return service.to_public(session, [case])[0]
+
+
+@router.delete("/cases/{case_id}", status_code=204)
+def delete_case(case_id: int, session: SessionDep, admin: AdminDep) -> Response:
+    service.delete_case(session, service.get_case(session, case_id, for_update=True), admin)
+    return Response(status_code=204)
+
+
+@router.get("/cases/{case_id}/image", response_class=FileResponse)
+def download_image(case_id: int, session: SessionDep, store: StoreDep, _: UserDep) -> FileResponse:
+    case = service.get_case(session, case_id)
+    return FileResponse(store.path(case.blob_key), media_type=NIFTI, filename=f"case-{case.id}.nii.gz")
+
+
+@router.put("/cases/{case_id}/label", response_model=LabelVersionPublic, status_code=201)
+def upload_label(
+    case_id: int,
+    session: SessionDep,
+    store: StoreDep,
+    user: UserDep,
+    file: Annotated[UploadFile, File(description="label mask (.nii/.nii.gz/.nrrd/.mha) on the case's grid")],
+) -> LabelVersionPublic:
+    upload = _read([file])[0]
+    case = service.get_case(session, case_id)
+    project = get_project(session, case.project_id)
+    lv = service.upload_label(session, store, case_id, project, upload, user, before_save=check_and_end_lease)
+    return LabelVersionPublic(id=lv.id, case_id=lv.case_id, version=lv.version, author=user.name,
+                              sha256=lv.sha256, created_at=lv.created_at)
+
+
+@router.get("/cases/{case_id}/label", response_class=Response)
+def download_label(
+    case_id: int, session: SessionDep, store: StoreDep, _: UserDep, version: int | None = Query(None, ge=1)
+) -> Response:
+    case = service.get_case(session, case_id)
+    lv, data = service.label_bytes(session, store, case, version)
+    return Response(
+        data, media_type=NIFTI,
+        headers={"Content-Disposition": f'attachment; filename="case-{case.id}-label-v{lv.version}.nii.gz"',
+                 "X-Label-Version": str(lv.version)},
+    )
+
+
+@router.get("/cases/{case_id}/labels", response_model=list[LabelVersionPublic])
+def list_labels(case_id: int, session: SessionDep, _: UserDep) -> list[LabelVersionPublic]:
+    service.get_case(session, case_id)
+    return service.versions_public(session, case_id)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel
+
+Split = Literal["pool", "validation"]
+Status = Literal["unlabelled", "labelled"]
+
+
+class CasePublic(BaseModel):
+    id: int
+    project_id: int
+    patient: str  # pseudonym, never the hospital id
+    shape: list[int]
+    spacing: list[float]
+    origin: list[float]
+    direction: list[float]
+    dtype: str
+    sha256: str
+    source_format: str
+    status: str
+    split: str
+    pinned: bool
+    excluded: bool
+    latest_label_version: int | None
+    created_at: dt.datetime
+
+
+class CasePage(BaseModel):
+    items: list[CasePublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class CasePatch(BaseModel):
+    split: Split | None = None
+    pinned: bool | None = None  # to the top of the "annotate next" queue
+    excluded: bool | None = None  # never handed out by the queue
+
+
+class LabelVersionPublic(BaseModel):
+    id: int
+    case_id: int
+    version: int
+    author: str
+    sha256: str
+    created_at: dt.datetime

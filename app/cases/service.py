@@ -1,0 +1,180 @@
+"""Ingest of case images and label masks, and the case lifecycle.
+
+Order of work for every upload: validate fully in memory → write the blob → add rows. A failure
+before the rows are flushed deletes a blob this request created, so a rejected upload leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.cases import repository as repo
+from app.cases.imaging import Geometry, UploadedFile, read_case_upload, read_label_upload
+from app.cases.schemas import CasePublic, LabelVersionPublic
+from app.core.config import get_settings
+from app.core.errors import Conflict, InvalidRequest, NotFound, UploadTooLarge
+from app.core.storage import BlobStore, StoredBlob
+from app.models import Case, LabelVersion, Patient, Project, User, utcnow
+
+SPLITS = ("pool", "validation")
+
+
+def check_upload_size(files: list[UploadedFile]) -> None:
+    limit = get_settings().max_upload_bytes
+    total = sum(len(f.data) for f in files)
+    if total > limit:
+        raise UploadTooLarge(
+            f"upload is {total / 2**20:.1f} MiB; the limit is NEXTCASE_MAX_UPLOAD_MB={get_settings().max_upload_mb}",
+            field="file",
+        )
+
+
+def hash_external_id(project_id: int, external_id: str) -> str:
+    key = get_settings().secret_key.get_secret_value().encode()
+    return hmac.new(key, f"{project_id}:{external_id}".encode(), "sha256").hexdigest()
+
+
+def get_or_create_patient(session: Session, project: Project, external_id: str) -> Patient:
+    external_id = external_id.strip()
+    if not external_id:
+        raise InvalidRequest("patient must not be empty", field="patient")
+    digest = hash_external_id(project.id, external_id)
+    patient = repo.find_patient(session, project.id, digest)
+    if patient is None:
+        patient = Patient(project_id=project.id, external_id_hash=digest, pseudonym=f"PT-{secrets.token_hex(5)}")
+        session.add(patient)
+        session.flush()
+    return patient
+
+
+@contextmanager
+def _blob_rolled_back_on_error(store: BlobStore, blob: StoredBlob) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        if blob.created:
+            store.delete(blob.key)
+        raise
+
+
+def ingest_case(
+    session: Session, store: BlobStore, project: Project, patient_external_id: str, files: list[UploadedFile],
+    user: User,
+) -> Case:
+    check_upload_size(files)
+    if not patient_external_id.strip():
+        raise InvalidRequest("patient must not be empty", field="patient")
+    image = read_case_upload(files)
+    blob = store.put(image.nifti, "nii.gz")
+    with _blob_rolled_back_on_error(store, blob):
+        existing = repo.find_case_by_sha(session, project.id, blob.sha256)
+        if existing is not None:
+            raise Conflict(f"this image is already case {existing.id} of the project", field="file")
+        patient = get_or_create_patient(session, project, patient_external_id)
+        geo = image.geometry
+        case = Case(
+            project_id=project.id, patient_id=patient.id, sha256=blob.sha256, blob_key=blob.key,
+            shape=list(geo.shape), spacing=list(geo.spacing), origin=list(geo.origin),
+            direction=list(geo.direction), dtype=image.dtype, source_format=image.source_format,
+        )
+        session.add(case)
+        session.flush()
+        audit.record(session, "case.create", user_id=user.id, project_id=project.id, case_id=case.id,
+                     source_format=image.source_format)
+        return case
+
+
+def case_geometry(case: Case) -> Geometry:
+    return Geometry(
+        shape=(int(case.shape[0]), int(case.shape[1]), int(case.shape[2])),
+        spacing=(float(case.spacing[0]), float(case.spacing[1]), float(case.spacing[2])),
+        origin=(float(case.origin[0]), float(case.origin[1]), float(case.origin[2])),
+        direction=tuple(float(v) for v in case.direction),
+    )
+
+
+def get_case(session: Session, case_id: int, *, for_update: bool = False) -> Case:
+    case = repo.get_case(session, case_id, for_update=for_update)
+    if case is None:
+        raise NotFound(f"case {case_id} does not exist", field="case_id")
+    return case
+
+
+LabelHook = Callable[[Session, Case, User], None]
+
+
+def upload_label(
+    session: Session, store: BlobStore, case_id: int, project: Project, upload: UploadedFile, user: User,
+    before_save: LabelHook | None = None,
+) -> LabelVersion:
+    """Store a new label version. ``before_save`` lets the queue refuse or end a lease atomically."""
+    check_upload_size([upload])
+    case = get_case(session, case_id)
+    data = read_label_upload(upload, case_geometry(case), num_classes=len(project.labels))
+    blob = store.put(data, "nii.gz")
+    with _blob_rolled_back_on_error(store, blob):
+        case = get_case(session, case_id, for_update=True)  # serialise concurrent uploads of one case
+        if before_save is not None:
+            before_save(session, case, user)
+        latest = repo.latest_versions(session, [case.id]).get(case.id, 0)
+        version = LabelVersion(case_id=case.id, version=latest + 1, author_id=user.id, sha256=blob.sha256,
+                               blob_key=blob.key)
+        session.add(version)
+        case.status = "labelled"
+        session.flush()
+        audit.record(session, "label.upload", user_id=user.id, project_id=case.project_id, case_id=case.id,
+                     version=version.version)
+        return version
+
+
+def set_split(session: Session, case: Case, split: str, user: User) -> Case:
+    if split not in SPLITS:
+        raise InvalidRequest(f"split must be one of {', '.join(SPLITS)}, got {split!r}", field="split")
+    if case.split != split:
+        audit.record(session, "case.split", user_id=user.id, project_id=case.project_id, case_id=case.id,
+                     old=case.split, new=split)
+        case.split = split
+    return case
+
+
+def delete_case(session: Session, case: Case, user: User) -> None:
+    """Soft delete: the image and its labels stay stored (data once accepted is never lost)."""
+    case.deleted_at = utcnow()
+    audit.record(session, "case.delete", user_id=user.id, project_id=case.project_id, case_id=case.id)
+
+
+def label_bytes(session: Session, store: BlobStore, case: Case, version: int | None) -> tuple[LabelVersion, bytes]:
+    lv = repo.label_version(session, case.id, version)
+    if lv is None:
+        what = f"version {version}" if version is not None else "any label"
+        raise NotFound(f"case {case.id} has no {what}", field="version")
+    return lv, store.read(lv.blob_key)
+
+
+def to_public(session: Session, cases: list[Case]) -> list[CasePublic]:
+    names = repo.pseudonyms(session, {c.patient_id for c in cases})
+    versions = repo.latest_versions(session, [c.id for c in cases])
+    return [
+        CasePublic(
+            id=c.id, project_id=c.project_id, patient=names[c.patient_id], shape=c.shape, spacing=c.spacing,
+            origin=c.origin, direction=c.direction, dtype=c.dtype, sha256=c.sha256, source_format=c.source_format,
+            status=c.status, split=c.split, pinned=c.pinned, excluded=c.excluded,
+            latest_label_version=versions.get(c.id), created_at=c.created_at,
+        )
+        for c in cases
+    ]
+
+
+def versions_public(session: Session, case_id: int) -> list[LabelVersionPublic]:
+    return [
+        LabelVersionPublic(id=lv.id, case_id=lv.case_id, version=lv.version, author=name, sha256=lv.sha256,
+                           created_at=lv.created_at)
+        for lv, name in repo.label_versions(session, case_id)
+    ]

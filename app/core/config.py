@@ -1,0 +1,49 @@
+"""One settings class for the API, the worker and the CLI (env prefix ``NEXTCASE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "nextcase-development-only-secret"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEXTCASE_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///./var/nextcase.db"
+    blob_dir: Path = Path("./var/blobs")
+    # Keys the patient-id hash: without it a pseudonym cannot be linked back to a hospital id.
+    secret_key: SecretStr = SecretStr(DEV_SECRET)
+    max_upload_mb: int = Field(default=1024, gt=0)
+    lease_minutes: int = Field(default=60, gt=0)
+    # Empty: tasks run on the embedded in-process worker (no external service).
+    broker_url: str = ""
+    log_level: str = "INFO"
+    log_json: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @model_validator(mode="after")
+    def _no_default_secret_in_production(self) -> Settings:
+        if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
+            raise ValueError("NEXTCASE_SECRET_KEY must be set when NEXTCASE_ENVIRONMENT=production")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,98 @@
+"""Domain errors and their mapping to RFC 9457 problem bodies.
+
+Services raise these; one handler turns each into ``{type, title, status, detail, field}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class DomainError(Exception):
+    status = 400
+    type = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class InvalidUpload(DomainError):
+    status, type, title = 400, "invalid-upload", "Invalid upload"
+
+
+class UnsupportedFormat(DomainError):
+    status, type, title = 415, "unsupported-format", "Unsupported file format"
+
+
+class GeometryMismatch(DomainError):
+    status, type, title = 422, "geometry-mismatch", "Label geometry does not match the case"
+
+
+class InvalidLabelValues(DomainError):
+    status, type, title = 422, "invalid-label-values", "Label values outside the project's schema"
+
+
+class InvalidRequest(DomainError):
+    status, type, title = 422, "invalid-request", "Invalid request"
+
+
+class UploadTooLarge(DomainError):
+    status, type, title = 413, "upload-too-large", "Upload too large"
+
+
+class NotFound(DomainError):
+    status, type, title = 404, "not-found", "Not found"
+
+
+class Conflict(DomainError):
+    status, type, title = 409, "conflict", "Conflict"
+
+
+class LeaseExpired(DomainError):
+    status, type, title = 410, "lease-expired", "Lease expired or ended"
+
+
+class Unauthorized(DomainError):
+    status, type, title = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(DomainError):
+    status, type, title = 403, "forbidden", "Forbidden"
+
+
+def problem(status: int, type_: str, title: str, detail: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://nextcase.dev/problems/{type_}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "field": field,
+    }
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return problem(exc.status, exc.type, exc.title, exc.detail, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
+        field = ".".join(loc) or None
+        detail = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid"))
+        return problem(422, "invalid-request", "Invalid request", detail, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, "http-error", str(exc.detail), str(exc.detail))

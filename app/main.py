@@ -1,0 +1,79 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.auth.router import router as auth_router
+from app.cases.router import router as cases_router
+from app.core import db
+from app.core.config import get_settings
+from app.core.errors import install_handlers, problem
+from app.core.storage import get_blob_store
+from app.projects.router import router as projects_router
+from app.queue.router import router as queue_router
+
+log = logging.getLogger("nextcase.http")
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="NextCase", version="0.1.0",
+                  description="Decides which 3D image an annotator should label next.")
+    install_handlers(app)
+    for router in (auth_router, projects_router, cases_router, queue_router):
+        app.include_router(router)
+    app.middleware("http")(_limit_and_log)
+    app.get("/healthz", tags=["ops"])(healthz)
+    app.get("/readyz", tags=["ops"])(readyz)
+    return app
+
+
+async def _limit_and_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    length = request.headers.get("content-length")
+    limit = get_settings().max_upload_bytes
+    # Refuse before the body is read: the multipart parser would otherwise spool it all to disk.
+    if length and length.isdigit() and int(length) > limit + 1024 * 1024:
+        return problem(413, "upload-too-large", "Upload too large",
+                       f"request body is {int(length) / 2**20:.1f} MiB; the limit is "
+                       f"NEXTCASE_MAX_UPLOAD_MB={get_settings().max_upload_mb}", "file")
+    start = time.perf_counter()
+    response = await call_next(request)
+    log.info("request", extra={
+        "method": request.method, "route": _route(request), "status": response.status_code,
+        "ms": round((time.perf_counter() - start) * 1000, 1), "user_id": getattr(request.state, "user_id", None),
+    })
+    return response
+
+
+def _route(request: Request) -> str:
+    # The route template, not the path: tokens in lease URLs must not reach the logs.
+    route = request.scope.get("route")
+    return getattr(route, "path", request.url.path.split("/leases/")[0])
+
+
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def readyz() -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        with db.get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        get_blob_store().check_writable()
+        checks["blob_store"] = "ok"
+    except OSError as exc:
+        checks["blob_store"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)

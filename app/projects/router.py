@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from app.audit import service as audit
+from app.auth.deps import AdminDep, SessionDep, UserDep
+from app.projects import service
+from app.projects.schemas import ProjectCreate, ProjectPublic
+
+router = APIRouter(prefix="/api/v1", tags=["projects"])
+
+
+@router.post("/projects", response_model=ProjectPublic, status_code=201)
+def create_project(body: ProjectCreate, session: SessionDep, admin: AdminDep) -> ProjectPublic:
+    project = service.create_project(session, body.name, body.modality, body.labels)
+    audit.record(session, "project.create", user_id=admin.id, project_id=project.id, name=project.name)
+    return ProjectPublic.model_validate(project)
+
+
+@router.get("/projects", response_model=list[ProjectPublic])
+def list_projects(session: SessionDep, _: UserDep) -> list[ProjectPublic]:
+    return [ProjectPublic.model_validate(p) for p in service.list_projects(session)]
+
+
+@router.get("/projects/{project_id}", response_model=ProjectPublic)
+def get_project(project_id: int, session: SessionDep, _: UserDep) -> ProjectPublic:
+    return ProjectPublic.model_validate(service.get_project(session, project_id))
+
+
+@router.get("/projects/{project_id}/audit")
+def project_audit(
+    project_id: int,
+    session: SessionDep,
+    _: AdminDep,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> list[dict[str, object]]:
+    service.get_project(session, project_id)
+    return [
+        {"id": e.id, "at": e.at.isoformat(), "user_id": e.user_id, "action": e.action, "case_id": e.case_id,
+         "detail": e.detail}
+        for e in audit.list_events(session, project_id, limit, offset)
+    ]

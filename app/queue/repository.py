@@ -1,0 +1,130 @@
+"""Queries behind the "annotate next" queue.
+
+The claim is one statement that reads the project's current ranking and locks the chosen case
+row, so a claim sees exactly one ranking (old or new) and a case is never handed out twice:
+- PostgreSQL: ``FOR UPDATE OF cases SKIP LOCKED``; a row leased by a transaction that committed
+  meanwhile is re-checked against the lease columns (they live on the case row for this reason).
+- SQLite: every transaction starts with BEGIN IMMEDIATE (app.core.db), so claims run one at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Select, and_, case, false, func, literal, or_, select
+from sqlalchemy.orm import Session
+
+from app.models import Case, Lease, Project, Ranking, RankingEntry, User
+
+
+def current_ranking_id_subquery(project_id: int):  # type: ignore[no-untyped-def]
+    return select(Project.current_ranking_id).where(Project.id == project_id).scalar_subquery()
+
+
+def open_case_filter(project_id: int, now: dt.datetime) -> list:  # type: ignore[type-arg]
+    return [
+        Case.project_id == project_id,
+        Case.deleted_at.is_(None),
+        Case.status == "unlabelled",
+        Case.split == "pool",
+        Case.excluded == false(),
+        or_(Case.lease_expires_at.is_(None), Case.lease_expires_at <= now),
+    ]
+
+
+def _queue_order(skipped: set[int]):  # type: ignore[no-untyped-def]
+    skipped_first = case((Case.id.in_(skipped), 1), else_=0) if skipped else literal(0)
+    return (Case.pinned.desc(), skipped_first, RankingEntry.rank.is_(None), RankingEntry.rank, Case.id)
+
+
+def _ranked_cases(project_id: int) -> Select:  # type: ignore[type-arg]
+    return select(Case, RankingEntry).outerjoin(
+        RankingEntry,
+        and_(RankingEntry.case_id == Case.id, RankingEntry.ranking_id == current_ranking_id_subquery(project_id)),
+    )
+
+
+def pick_next(
+    session: Session, project_id: int, now: dt.datetime, skipped: set[int]
+) -> tuple[Case, RankingEntry | None] | None:
+    stmt = (
+        _ranked_cases(project_id)
+        .where(*open_case_filter(project_id, now))
+        .order_by(*_queue_order(skipped))
+        .limit(1)
+        .with_for_update(of=Case, skip_locked=True)
+    )
+    row = session.execute(stmt).first()
+    return None if row is None else (row[0], row[1])
+
+
+def skipped_by(session: Session, project_id: int, user_id: int) -> set[int]:
+    rows = session.scalars(
+        select(Lease.case_id)
+        .join(Case, Case.id == Lease.case_id)
+        .where(Case.project_id == project_id, Lease.user_id == user_id, Lease.end_reason == "skipped")
+    )
+    return set(rows)
+
+
+def lease_by_token(session: Session, token: str, *, for_update: bool = False) -> Lease | None:
+    stmt = select(Lease).where(Lease.token == token)
+    return session.scalar(stmt.with_for_update() if for_update else stmt)
+
+
+def queue_page(
+    session: Session, project_id: int, limit: int, offset: int
+) -> list[tuple[Case, RankingEntry | None, Lease | None, User | None]]:
+    stmt = (
+        _ranked_cases(project_id)
+        .add_columns(Lease, User)
+        .outerjoin(Lease, Lease.id == Case.lease_id)
+        .outerjoin(User, User.id == Lease.user_id)
+        .where(Case.project_id == project_id, Case.deleted_at.is_(None), Case.split == "pool")
+        .order_by(Case.status.desc(), *_queue_order(set()))  # "unlabelled" before "labelled"
+        .limit(limit)
+        .offset(offset)
+    )
+    return [(r[0], r[1], r[2], r[3]) for r in session.execute(stmt)]
+
+
+def count_pool(session: Session, project_id: int, now: dt.datetime) -> dict[str, int]:
+    live = and_(Case.lease_expires_at.is_not(None), Case.lease_expires_at > now)
+    bucket = case(
+        (Case.status == "labelled", "labelled"),
+        (Case.excluded, "excluded"),
+        (live, "leased"),
+        else_="open",
+    )
+    rows = session.execute(
+        select(bucket, func.count())
+        .where(Case.project_id == project_id, Case.deleted_at.is_(None), Case.split == "pool")
+        .group_by(bucket)
+    )
+    counts = {"open": 0, "leased": 0, "labelled": 0, "excluded": 0}
+    counts.update({str(k): int(v) for k, v in rows})
+    return counts
+
+
+def count_split(session: Session, project_id: int, split: str) -> int:
+    stmt = select(func.count()).select_from(Case).where(
+        Case.project_id == project_id, Case.deleted_at.is_(None), Case.split == split
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def unranked_open_exists(session: Session, project_id: int, ranking_id: int, now: dt.datetime) -> bool:
+    ranked = select(RankingEntry.case_id).where(RankingEntry.ranking_id == ranking_id, RankingEntry.case_id == Case.id)
+    stmt = select(Case.id).where(*open_case_filter(project_id, now), ~ranked.exists()).limit(1)
+    return session.scalar(stmt) is not None
+
+
+def rankable_case_ids(session: Session, project_id: int) -> list[int]:
+    stmt = select(Case.id).where(
+        Case.project_id == project_id, Case.deleted_at.is_(None), Case.split == "pool", Case.status == "unlabelled"
+    ).order_by(Case.id)
+    return list(session.scalars(stmt))
+
+
+def get_ranking(session: Session, ranking_id: int | None) -> Ranking | None:
+    return None if ranking_id is None else session.get(Ranking, ranking_id)

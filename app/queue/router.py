@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Response
+
+from app.auth.deps import SessionDep, UserDep
+from app.cases import repository as case_repo
+from app.cases import service as case_service
+from app.models import Lease, Ranking, utcnow
+from app.projects.service import get_project
+from app.queue import repository as repo
+from app.queue import service
+from app.queue.schemas import (
+    ClaimResponse,
+    LeaseInfo,
+    LeasePublic,
+    QueueItem,
+    QueuePage,
+    QueueStats,
+    RankingInfo,
+    SkipRequest,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["queue"])
+
+
+def _lease_public(lease: Lease) -> LeasePublic:
+    return LeasePublic(token=lease.token, case_id=lease.case_id, user_id=lease.user_id, created_at=lease.created_at,
+                       expires_at=lease.expires_at, ended_at=lease.ended_at, end_reason=lease.end_reason)
+
+
+def _ranking_info(ranking: Ranking | None) -> RankingInfo | None:
+    if ranking is None:
+        return None
+    return RankingInfo(id=ranking.id, kind=ranking.kind, strategy=ranking.strategy, seed=ranking.seed,
+                       model_version=ranking.model_version_id, created_at=ranking.created_at)
+
+
+@router.post("/projects/{project_id}/queue/next", response_model=ClaimResponse,
+             responses={204: {"description": "no case left to annotate"}})
+def claim_next(project_id: int, session: SessionDep, user: UserDep) -> ClaimResponse | Response:
+    claim = service.claim_next(session, get_project(session, project_id), user)
+    if claim is None:
+        return Response(status_code=204)
+    return ClaimResponse(
+        case=case_service.to_public(session, [claim.case])[0], rank=claim.rank, score=claim.score,
+        ranking_id=claim.ranking.id if claim.ranking else None,
+        model_version=claim.ranking.model_version_id if claim.ranking else None,
+        lease=LeaseInfo(token=claim.lease.token, expires_at=claim.lease.expires_at),
+    )
+
+
+@router.post("/leases/{token}/renew", response_model=LeasePublic)
+def renew(token: str, session: SessionDep, user: UserDep) -> LeasePublic:
+    return _lease_public(service.renew(session, token, user))
+
+
+@router.delete("/leases/{token}", response_model=LeasePublic)
+def release(token: str, session: SessionDep, user: UserDep) -> LeasePublic:
+    return _lease_public(service.end_lease(session, token, user, "released"))
+
+
+@router.post("/leases/{token}/skip", response_model=LeasePublic)
+def skip(token: str, body: SkipRequest, session: SessionDep, user: UserDep) -> LeasePublic:
+    return _lease_public(service.end_lease(session, token, user, "skipped", service.require_reason(body.reason)))
+
+
+@router.get("/projects/{project_id}/queue", response_model=QueuePage)
+def queue(
+    project_id: int, session: SessionDep, _: UserDep,
+    limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+) -> QueuePage:
+    project = get_project(session, project_id)
+    now = utcnow()
+    rows = repo.queue_page(session, project_id, limit, offset)
+    names = case_repo.pseudonyms(session, {c.patient_id for c, *_ in rows})
+    items = []
+    for case, entry, lease, holder in rows:
+        live = lease is not None and lease.ended_at is None and lease.expires_at > now
+        status = ("labelled" if case.status == "labelled" else "excluded" if case.excluded
+                  else "leased" if live else "open")
+        items.append(QueueItem(
+            case_id=case.id, patient=names[case.patient_id], rank=entry.rank if entry else None,
+            score=entry.score if entry else None, status=status, pinned=case.pinned,
+            leased_by=holder.name if live and holder else None,
+            lease_expires_at=lease.expires_at if live and lease else None,
+        ))
+    return QueuePage(ranking_id=project.current_ranking_id, items=items, limit=limit, offset=offset)
+
+
+@router.get("/projects/{project_id}/queue/stats", response_model=QueueStats)
+def stats(project_id: int, session: SessionDep, _: UserDep) -> QueueStats:
+    project = get_project(session, project_id)
+    counts = repo.count_pool(session, project_id, utcnow())
+    pool = sum(counts.values())
+    ranking = repo.get_ranking(session, project.current_ranking_id)
+    return QueueStats(
+        **counts, pool=pool, validation=repo.count_split(session, project_id, "validation"),
+        labelled_fraction=counts["labelled"] / pool if pool else 0.0,
+        ranking=_ranking_info(ranking), model_version=ranking.model_version_id if ranking else None,
+    )

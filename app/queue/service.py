@@ -1,0 +1,187 @@
+"""The "annotate next" queue: rankings, claims and leases.
+
+A lease is live while ``ended_at`` is unset, ``expires_at`` is in the future and the case still
+points at it. Expiry is a comparison with the clock at claim time, so no sweeper is needed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import insert, update
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.config import get_settings
+from app.core.errors import Conflict, Forbidden, InvalidRequest, LeaseExpired, NotFound
+from app.models import Case, Lease, Project, Ranking, RankingEntry, User, utcnow
+from app.queue import repository as repo
+
+
+@dataclass(frozen=True)
+class Claim:
+    case: Case
+    lease: Lease
+    rank: int | None
+    score: float | None
+    ranking: Ranking | None
+
+
+def lease_duration() -> dt.timedelta:
+    return dt.timedelta(minutes=get_settings().lease_minutes)
+
+
+# --- rankings ----------------------------------------------------------------------------------
+
+
+def publish_ranking(
+    session: Session,
+    project_id: int,
+    scores: Sequence[tuple[int, float]],
+    *,
+    kind: str,
+    strategy: str,
+    seed: int | None = None,
+    model_version_id: int | None = None,
+) -> Ranking:
+    """Write a complete ranking and make it current in the same transaction (one atomic switch).
+
+    ``scores`` are (case id, score) pairs; a higher score is annotated first, ties by case id.
+    """
+    ranking = Ranking(project_id=project_id, kind=kind, strategy=strategy, seed=seed,
+                      model_version_id=model_version_id)
+    session.add(ranking)
+    session.flush()
+    ordered = sorted(scores, key=lambda cs: (-cs[1], cs[0]))
+    if ordered:
+        session.execute(
+            insert(RankingEntry),
+            [{"ranking_id": ranking.id, "case_id": cid, "rank": i + 1, "score": float(s)}
+             for i, (cid, s) in enumerate(ordered)],
+        )
+    session.execute(update(Project).where(Project.id == project_id).values(current_ranking_id=ranking.id))
+    return ranking
+
+
+def publish_cold_start(session: Session, project_id: int, seed: int | None = None) -> Ranking:
+    """A seeded random order, recorded like any ranking so it can be reproduced."""
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    case_ids = repo.rankable_case_ids(session, project_id)
+    order = list(case_ids)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    return publish_ranking(session, project_id, [(cid, float(n - i)) for i, cid in enumerate(order)],
+                           kind="cold_start", strategy="random", seed=seed)
+
+
+def _ensure_ranking(session: Session, project: Project, now: dt.datetime) -> None:
+    """Before any model exists, keep a cold-start ranking that covers every open case."""
+    current = repo.get_ranking(session, project.current_ranking_id)
+    if current is None:
+        publish_cold_start(session, project.id)
+    elif current.kind == "cold_start" and repo.unranked_open_exists(session, project.id, current.id, now):
+        publish_cold_start(session, project.id)
+
+
+# --- claims and leases -------------------------------------------------------------------------
+
+
+def claim_next(session: Session, project: Project, user: User) -> Claim | None:
+    now = utcnow()
+    _ensure_ranking(session, project, now)
+    picked = repo.pick_next(session, project.id, now, repo.skipped_by(session, project.id, user.id))
+    if picked is None:
+        return None
+    case, entry = picked
+    _end_stale_lease(session, case, now)
+    lease = Lease(token=secrets.token_urlsafe(24), case_id=case.id, user_id=user.id,
+                  ranking_id=entry.ranking_id if entry else None, created_at=now, expires_at=now + lease_duration())
+    session.add(lease)
+    session.flush()
+    case.lease_id, case.lease_expires_at = lease.id, lease.expires_at
+    audit.record(session, "lease.claim", user_id=user.id, project_id=project.id, case_id=case.id, lease_id=lease.id)
+    ranking = repo.get_ranking(session, entry.ranking_id) if entry else None
+    return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking)
+
+
+def _end_stale_lease(session: Session, case: Case, now: dt.datetime) -> None:
+    if case.lease_id is None:
+        return
+    old = session.get(Lease, case.lease_id)
+    if old is not None and old.ended_at is None:
+        old.ended_at, old.end_reason = min(old.expires_at, now), "expired"
+
+
+def _live_lease(session: Session, token: str, user: User, now: dt.datetime) -> tuple[Lease, Case]:
+    lease = repo.lease_by_token(session, token, for_update=True)
+    if lease is None:
+        raise NotFound("no lease with this token", field="token")
+    if lease.user_id != user.id and user.role != "admin":
+        raise Forbidden("this lease belongs to another annotator", field="token")
+    case = session.get(Case, lease.case_id, with_for_update=True)
+    assert case is not None
+    if lease.ended_at is not None:
+        raise LeaseExpired(f"the lease ended ({lease.end_reason}) at {lease.ended_at.isoformat()}", field="token")
+    if lease.expires_at <= now or case.lease_id != lease.id:
+        raise LeaseExpired(f"the lease expired at {lease.expires_at.isoformat()}", field="token")
+    return lease, case
+
+
+def renew(session: Session, token: str, user: User) -> Lease:
+    now = utcnow()
+    lease, case = _live_lease(session, token, user, now)
+    lease.expires_at = case.lease_expires_at = now + lease_duration()
+    return lease
+
+
+def end_lease(session: Session, token: str, user: User, reason: str, skip_reason: str | None = None) -> Lease:
+    now = utcnow()
+    lease, case = _live_lease(session, token, user, now)
+    _close(lease, case, now, reason)
+    lease.skip_reason = skip_reason
+    audit.record(session, f"lease.{reason}", user_id=user.id, project_id=case.project_id, case_id=case.id,
+                 lease_id=lease.id, **({"reason": skip_reason} if skip_reason else {}))
+    return lease
+
+
+def _close(lease: Lease, case: Case, now: dt.datetime, reason: str) -> None:
+    lease.ended_at, lease.end_reason = now, reason
+    case.lease_id, case.lease_expires_at = None, None
+
+
+def check_and_end_lease(session: Session, case: Case, user: User) -> None:
+    """Called under the case row lock when a label is uploaded: refuse a foreign live lease, end any lease."""
+    if case.lease_id is None:
+        return
+    now = utcnow()
+    lease = session.get(Lease, case.lease_id)
+    assert lease is not None
+    live = lease.ended_at is None and lease.expires_at > now
+    if live and lease.user_id != user.id and user.role != "admin":
+        holder = session.get(User, lease.user_id)
+        raise Conflict(
+            f"case {case.id} is leased by {holder.name if holder else lease.user_id} until "
+            f"{lease.expires_at.isoformat()}", field="case_id")
+    if lease.ended_at is None:
+        _close(lease, case, now, "labelled" if live else "expired")
+    else:
+        case.lease_id, case.lease_expires_at = None, None
+
+
+def set_queue_flags(session: Session, case: Case, user: User, *, pinned: bool | None, excluded: bool | None) -> None:
+    actions = {"pinned": ("queue.pin", "queue.unpin"), "excluded": ("queue.exclude", "queue.include")}
+    for name, value in (("pinned", pinned), ("excluded", excluded)):
+        if value is not None and getattr(case, name) != value:
+            setattr(case, name, value)
+            audit.record(session, actions[name][0 if value else 1], user_id=user.id, project_id=case.project_id,
+                         case_id=case.id)
+
+
+def require_reason(reason: str | None) -> str:
+    if reason is None or not reason.strip():
+        raise InvalidRequest("a skip needs a reason", field="reason")
+    return reason.strip()

@@ -1,0 +1,127 @@
+"""Test fixtures. Every database test runs on SQLite (the embedded default) and on PostgreSQL.
+
+PostgreSQL runs when NEXTCASE_TEST_POSTGRES_URL points at a server (e.g.
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``); a throw-away database is created
+for the run and dropped afterwards. The schema is always built with ``alembic upgrade head``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.auth import service as auth
+from app.core import db, migrate
+from app.core.config import get_settings
+from app.main import create_app
+from app.models import Base
+
+PG_ENV = "NEXTCASE_TEST_POSTGRES_URL"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"needs ../shared/data/{name} (real data beside the checkout), which is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    server = os.environ.get(PG_ENV)
+    if not server:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+    name = f"nextcase_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    yield url
+    db.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = tmp_path / "nextcase.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    yield url
+    _truncate(url)
+
+
+def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def settings_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point settings at this test's database and blob directory; yields the blob directory."""
+    blob_dir = tmp_path / "blobs"
+    monkeypatch.setenv("NEXTCASE_DATABASE_URL", database_url)
+    monkeypatch.setenv("NEXTCASE_BLOB_DIR", str(blob_dir))
+    get_settings.cache_clear()
+    db.configure()
+    yield blob_dir
+    db.dispose()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def client(settings_env: Path) -> Iterator[TestClient]:
+    with TestClient(create_app()) as c:
+        yield c
+
+
+@dataclass(frozen=True)
+class Login:
+    user_id: int
+    name: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def make_login(name: str, role: str) -> Login:
+    with db.session_scope() as session:
+        user = auth.create_user(session, name, role)
+        return Login(user.id, name, auth.issue_token(session, user).token)
+
+
+@pytest.fixture
+def admin(settings_env: Path) -> Login:
+    return make_login("alice-admin", "admin")
+
+
+@pytest.fixture
+def annotator(settings_env: Path) -> Login:
+    return make_login("bob-annotator", "annotator")

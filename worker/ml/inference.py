@@ -1,0 +1,188 @@
+"""Sliding-window prediction and Dice evaluation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from worker.ml.network import preserve_modes
+from worker.ml.params import TrainParams
+from worker.ml.transforms import normalise
+
+__all__ = [
+    "default_device",
+    "dice_per_class",
+    "evaluate",
+    "mean_foreground_dice",
+    "predict_labels",
+    "predict_probabilities",
+    "sliding_window_probabilities",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def default_device(device: str | None = None) -> str:
+    """``device`` if given, else "cuda" when available, else "cpu" (decided at call time, not import)."""
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sliding_window_probabilities(
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams
+) -> torch.Tensor:
+    """Softmax probabilities over the whole volume, leaving the model's train/eval modes as they are.
+
+    This is the shared core of plain prediction (eval mode) and MC-dropout passes (dropout in train mode);
+    the caller chooses the modes and the grad mode. The ROI is ``params.patch_size``. A volume smaller than
+    the ROI is padded with its minimum (as in training) and the result cropped back, so the output grid is
+    always the input grid.
+
+    Args:
+        model: network on the target device mapping (B, 1, *roi) to logits (B, C, *roi).
+        image_norm: (D, H, W) normalised image.
+        params: patch_size, sw_overlap and sw_batch_size are used.
+
+    Returns:
+        (C, D, H, W) float32 probabilities on the model's device.
+    """
+    if image_norm.ndim != 3:
+        raise ValueError(f"image_norm must be 3D (D, H, W), got shape {image_norm.shape}")
+    device = next(model.parameters()).device
+    roi = params.patch_size
+    pads = [max(0, r - n) for r, n in zip(roi, image_norm.shape, strict=True)]
+    image = np.asarray(image_norm, dtype=np.float32)
+    if any(pads):
+        widths = [(p // 2, p - p // 2) for p in pads]
+        image = np.pad(image, widths, mode="constant", constant_values=float(image.min()))
+    x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
+    logits = sliding_window_inference(
+        x, roi_size=roi, sw_batch_size=params.sw_batch_size, predictor=model, overlap=params.sw_overlap
+    )
+    assert isinstance(logits, torch.Tensor)
+    probs = torch.softmax(logits[0].float(), dim=0)
+    crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, image_norm.shape, strict=True))
+    return probs[(slice(None), *crop)].as_subclass(torch.Tensor)
+
+
+def predict_probabilities(
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, device: str | None = None
+) -> torch.Tensor:
+    """Eval-mode softmax probabilities of one volume by sliding-window inference.
+
+    Args:
+        model: segmentation network; moved to ``device``, its modes are restored afterwards.
+        image_norm: (D, H, W) normalised image (see :func:`worker.ml.transforms.normalise`).
+        params: patch_size (ROI), sw_overlap and sw_batch_size are used.
+        device: "cpu", "cuda", ...; None picks CUDA when available.
+
+    Returns:
+        (C, D, H, W) float32 probabilities on the CPU.
+    """
+    model.to(default_device(device))
+    with preserve_modes(model), torch.inference_mode():
+        model.eval()
+        return sliding_window_probabilities(model, image_norm, params).cpu()
+
+
+def predict_labels(
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, device: str | None = None
+) -> np.ndarray:
+    """Arg-max label map of one volume.
+
+    Args:
+        model: segmentation network with at most 256 output classes.
+        image_norm: (D, H, W) normalised image.
+        params: see :func:`predict_probabilities`.
+        device: see :func:`predict_probabilities`.
+
+    Returns:
+        (D, H, W) uint8 label map on the input grid.
+    """
+    probs = predict_probabilities(model, image_norm, params, device)
+    return probs.argmax(dim=0).numpy().astype(np.uint8)
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float | None]:
+    """Dice coefficient 2|P & T| / (|P| + |T|) for every class 0..num_classes-1.
+
+    A class absent from both ``pred`` and ``truth`` has no defined Dice; it is reported as None (not 1.0 or
+    NaN) so that averages can skip it instead of being inflated or poisoned.
+
+    Args:
+        pred: (D, H, W) integer label map.
+        truth: (D, H, W) integer label map of the same shape.
+        num_classes: number of classes, background included.
+
+    Returns:
+        ``num_classes`` entries, each a float in [0, 1] or None.
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"pred and truth shapes differ: {pred.shape} vs {truth.shape}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    scores: list[float | None] = []
+    for c in range(num_classes):
+        p, t = pred == c, truth == c
+        total = int(p.sum()) + int(t.sum())
+        scores.append(None if total == 0 else 2.0 * int(np.logical_and(p, t).sum()) / total)
+    return scores
+
+
+def mean_foreground_dice(per_class: Sequence[float | None]) -> float:
+    """Mean Dice over classes 1.. (background excluded), skipping None entries.
+
+    Returns 1.0 when every foreground class is None: nothing to segment and nothing predicted is perfect
+    agreement, and a float keeps the result NaN-free.
+    """
+    values = [v for v in per_class[1:] if v is not None]
+    return float(np.mean(values)) if values else 1.0
+
+
+def evaluate(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    modality: str,
+    params: TrainParams,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Dice of the model's predictions on labelled cases.
+
+    Args:
+        model: segmentation network; the class count is read from its output.
+        images: (D, H, W) raw images.
+        labels: (D, H, W) integer label maps, one per image.
+        modality: "CT" or "MR", for normalisation.
+        params: inference settings.
+        device: see :func:`predict_probabilities`.
+
+    Returns:
+        ``{"per_case": [{"per_class": [...], "mean_dice": float}, ...], "per_class": [...],
+        "mean_dice": float}``. Aggregated per-class Dice is the mean over the cases where that class is not
+        None (None if it is None everywhere); the aggregated ``mean_dice`` is
+        :func:`mean_foreground_dice` of the aggregated per-class list.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+    per_case: list[dict[str, Any]] = []
+    num_classes = 0
+    for image, label in zip(images, labels, strict=True):
+        probs = predict_probabilities(model, normalise(image, modality), params, device)
+        num_classes = probs.shape[0]
+        scores = dice_per_class(probs.argmax(dim=0).numpy(), np.asarray(label), num_classes)
+        per_case.append({"per_class": scores, "mean_dice": mean_foreground_dice(scores)})
+    aggregated: list[float | None] = []
+    for c in range(num_classes):
+        values = [case["per_class"][c] for case in per_case if case["per_class"][c] is not None]
+        aggregated.append(float(np.mean(values)) if values else None)
+    result = {"per_case": per_case, "per_class": aggregated, "mean_dice": mean_foreground_dice(aggregated)}
+    logger.info("evaluated %d case(s): mean foreground Dice %.4f", len(per_case), result["mean_dice"])
+    return result

@@ -1,0 +1,236 @@
+"""3D UNet with MC-dropout support: consistent per-pass dropout masks and dropout-only train mode."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.simplelayers import SkipConnection
+from monai.networks.nets import UNet
+from torch import nn
+
+from worker.ml.params import TrainParams
+
+__all__ = [
+    "DEFAULT_NORM",
+    "ConsistentDropout",
+    "NormSpec",
+    "build_unet",
+    "consistent_dropout_modules",
+    "dropout_modules",
+    "mc_dropout_mode",
+    "preserve_modes",
+]
+
+# MONAI's norm argument: a name ("instance", "batch") or (name, kwargs), e.g. ("instance", {"affine": True}).
+NormSpec = str | tuple[str, dict[str, Any]]
+DEFAULT_NORM: NormSpec = "instance"
+
+
+class ConsistentDropout(nn.Module):
+    """Element-wise dropout that can hold one mask fixed across many forward calls.
+
+    Unfrozen (the default) it behaves exactly like ``nn.Dropout``: a fresh mask per call, kept units scaled
+    by ``1 / (1 - p)``. Frozen (see :meth:`freeze`), the first call in train mode draws one mask of shape
+    ``(1, C, *spatial)`` from the given ``torch.Generator`` and every later call reuses it, broadcast over the
+    batch, until :meth:`resample` is called. An MC-dropout pass therefore applies the same sub-network to
+    every sliding window: with per-call masks, voxels covered by several overlapping windows would average
+    several sub-networks within a single pass, shrinking their variance relative to the other voxels.
+
+    The mask is drawn on the CPU and then moved to the input's device, so a given generator seed yields the
+    same masks on CPU and CUDA. In eval mode, or with ``p == 0``, the module is the identity and draws
+    nothing.
+
+    Args:
+        p: probability of zeroing an element, in [0, 1).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = float(p)
+        self._frozen = False
+        self._generator: torch.Generator | None = None
+        self._mask: torch.Tensor | None = None
+
+    @property
+    def frozen(self) -> bool:
+        """Whether calls reuse one mask until :meth:`resample`."""
+        return self._frozen
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The current frozen mask (already scaled by ``1 / (1 - p)``), or None before the first call."""
+        return self._mask
+
+    def freeze(self, generator: torch.Generator | None = None) -> None:
+        """Reuse one mask per pass from now on.
+
+        Args:
+            generator: CPU generator the masks are drawn from; None uses torch's global CPU generator.
+        """
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError(f"generator must be a CPU generator, got device {generator.device}")
+        self._frozen = True
+        self._generator = generator
+        self._mask = None
+
+    def unfreeze(self) -> None:
+        """Return to ``nn.Dropout`` behaviour and drop the held mask."""
+        self._frozen = False
+        self._generator = None
+        self._mask = None
+
+    def resample(self) -> None:
+        """Forget the held mask; the next frozen call draws a new one (call this between MC passes)."""
+        self._mask = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply dropout.
+
+        Args:
+            x: (B, C, *spatial) activations.
+
+        Raises:
+            RuntimeError: when frozen and ``x`` has a different (C, *spatial) shape than the held mask. We
+                refuse rather than redraw: a silent redraw would mix sub-networks inside one pass, which is
+                exactly what freezing exists to prevent. Sliding-window inference pads every window to the
+                ROI size, so within a pass all calls share one shape.
+        """
+        if not self.training or self.p == 0.0:
+            return x
+        if not self._frozen:
+            return F.dropout(x, self.p, training=True)
+        if self._mask is None:
+            self._mask = self._draw_mask(x)
+        elif self._mask.shape[1:] != x.shape[1:]:
+            raise RuntimeError(
+                f"ConsistentDropout holds a mask for shape {tuple(self._mask.shape[1:])} but got input of "
+                f"shape {tuple(x.shape[1:])}; call resample() before changing the input shape"
+            )
+        return x * self._mask
+
+    def _draw_mask(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, *x.shape[1:])
+        keep = torch.rand(shape, generator=self._generator, device="cpu") >= self.p
+        return keep.to(device=x.device, dtype=x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, frozen={self._frozen}"
+
+
+def build_unet(
+    num_classes: int, params: TrainParams, in_channels: int = 1, norm: NormSpec = DEFAULT_NORM
+) -> nn.Module:
+    """Build a MONAI 3D UNet whose dropout layers are :class:`ConsistentDropout`.
+
+    Args:
+        num_classes: output channels, background included (>= 2).
+        params: architecture (channels, strides, num_res_units) and dropout settings.
+        in_channels: image channels.
+        norm: MONAI norm spec, e.g. "instance" (MONAI's default), "batch", or
+            ("instance", {"track_running_stats": True}).
+
+    Returns:
+        ``monai.networks.nets.UNet`` mapping (B, in_channels, D, H, W) to logits (B, num_classes, D, H, W).
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    params.validate()
+    model = UNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=params.channels,
+        strides=params.strides,
+        num_res_units=params.num_res_units,
+        norm=norm,
+        dropout=params.dropout,
+    )
+    _replace_dropout(model)
+    if params.dropout_position == "decoder":
+        encoder, _ = _encoder_decoder_parts(model)
+        for part in encoder:
+            for module in part.modules():
+                if isinstance(module, ConsistentDropout):
+                    module.p = 0.0
+    return model
+
+
+def _replace_dropout(model: nn.Module) -> None:
+    """Swap every torch dropout module for a ConsistentDropout with the same p, in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.dropout._DropoutNd):
+                # MONAI's ADN uses nn.Dropout (element-wise), so an element-wise replacement matches it.
+                setattr(parent, name, ConsistentDropout(child.p))
+
+
+def _encoder_decoder_parts(model: UNet) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Split a MONAI UNet into its encoder (down path + bottleneck) and decoder (up path) blocks.
+
+    MONAI builds the UNet recursively: ``model.model`` is ``Sequential(down, SkipConnection(sub), up)`` where
+    ``sub`` is the next level with the same layout, and the innermost ``sub`` is the bottom (bottleneck)
+    layer. So at every level index 0 is the encoder block and index 2 the decoder block (its transposed conv
+    and, with residual units, the following ResidualUnit). The bottleneck sits at the deepest point of the
+    contracting path; we count it as encoder, so "decoder" dropout lives only on the up-sampling path.
+    """
+    encoder: list[nn.Module] = []
+    decoder: list[nn.Module] = []
+    block: nn.Module = model.model
+    while _is_level(block):
+        assert isinstance(block, nn.Sequential)
+        encoder.append(block[0])
+        decoder.append(block[2])
+        skip = block[1]
+        assert isinstance(skip, SkipConnection)
+        block = skip.submodule
+    if not decoder:
+        raise RuntimeError("unexpected MONAI UNet layout: no Sequential(down, SkipConnection, up) level")
+    encoder.append(block)
+    return encoder, decoder
+
+
+def _is_level(block: nn.Module) -> bool:
+    return isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], SkipConnection)
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """All dropout modules of ``model``: ConsistentDropout and any torch dropout layer."""
+    return [m for m in model.modules() if isinstance(m, ConsistentDropout | nn.modules.dropout._DropoutNd)]
+
+
+def consistent_dropout_modules(model: nn.Module) -> list[ConsistentDropout]:
+    """The ConsistentDropout modules of ``model``, in registration order."""
+    return [m for m in model.modules() if isinstance(m, ConsistentDropout)]
+
+
+@contextlib.contextmanager
+def preserve_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every submodule's own ``training`` flag on exit (``model.train(flag)`` would flatten them)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def mc_dropout_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode except its dropout modules, which go to train mode.
+
+    Normalisation layers therefore use (and do not update) their running statistics while dropout stays
+    stochastic. Every module's previous mode is restored on exit.
+    """
+    with preserve_modes(model):
+        model.eval()
+        for module in dropout_modules(model):
+            module.train()
+        yield model
