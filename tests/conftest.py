@@ -125,3 +125,29 @@ def admin(settings_env: Path) -> Login:
 @pytest.fixture
 def annotator(settings_env: Path) -> Login:
     return make_login("bob-annotator", "annotator")
+
+
+@pytest.fixture
+def live_server(settings_env: Path) -> Iterator[str]:
+    """The real ASGI app behind uvicorn on a free loopback port, for tests that need true concurrency."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
+                                           limit_concurrency=256))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -85,3 +86,82 @@ def snapshot(blob_dir: Path) -> tuple[dict[str, int], set[str]]:
                   for t in Base.metadata.sorted_tables if t.name != "audit_log"}
     blobs = {str(p.relative_to(blob_dir)) for p in blob_dir.rglob("*") if p.is_file()} if blob_dir.exists() else set()
     return counts, blobs
+
+
+def dicom_slices(
+    n: int = 4, *, series_uid: str = "1.2.826.0.1.3680043.8.498.1", spacing: float = 2.0,
+    skip: int | None = None, patient_name: str = "DOE^JANE", slope: float = 1.0, intercept: float = 0.0,
+) -> dict[str, bytes]:
+    """A synthetic axial DICOM series (16-bit MR-like slices); ``skip`` drops one slice to make a gap."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    files: dict[str, bytes] = {}
+    rng = np.random.default_rng(n)
+    for i in range(n):
+        if i == skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.PatientName = patient_name
+        ds.PatientID = "MRN-12345"
+        ds.PatientBirthDate = "19700101"
+        ds.Modality = "MR"
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.100"
+        ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [-50.0, -40.0, 10.0 + i * spacing]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.5, 0.75]
+        ds.SliceThickness = spacing
+        ds.Rows, ds.Columns = 6, 5
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = rng.integers(0, 1000, size=(6, 5)).astype(np.uint16).tobytes()
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        files[f"slice{i:03d}.dcm"] = buf.getvalue()
+    # shuffled order: the reader must sort by position, not by name or arrival
+    return dict(reversed(list(files.items())))
+
+
+def bulk_cases(project_id: int, n: int, blob_dir: Path) -> tuple[list[int], bytes]:
+    """Insert n cases straight into the database (queue tests need many, not many distinct images).
+
+    Every case points at one real tiny image blob, so label uploads validate against real geometry.
+    Returns the case ids and the bytes of a label mask that fits them.
+    """
+    from sqlalchemy import insert
+
+    from app.cases.imaging import Geometry
+    from app.core import db
+    from app.core.storage import BlobStore
+    from app.models import Case, Patient
+
+    image = volume((2, 3, 4))
+    blob = BlobStore(blob_dir).put(encode(image), "nii.gz")
+    geo = Geometry.of(image)
+    with db.session_scope() as session:
+        tag = uuid.uuid4().hex[:8]
+        patient = Patient(project_id=project_id, pseudonym=f"PT-{tag}", external_id_hash=tag * 8)
+        session.add(patient)
+        session.flush()
+        rows = [
+            {"project_id": project_id, "patient_id": patient.id, "sha256": f"{tag}{i:056x}", "blob_key": blob.key,
+             "shape": list(geo.shape), "spacing": list(geo.spacing), "origin": list(geo.origin),
+             "direction": list(geo.direction), "dtype": "int16", "source_format": "nifti", "status": "unlabelled",
+             "split": "pool", "pinned": False, "excluded": False}
+            for i in range(n)
+        ]
+        ids = list(session.scalars(insert(Case).returning(Case.id), rows))
+    return sorted(ids), encode(label_like(image, (0, 1)))

@@ -153,7 +153,7 @@ def delete_case(session: Session, case: Case, user: User) -> None:
 def label_bytes(session: Session, store: BlobStore, case: Case, version: int | None) -> tuple[LabelVersion, bytes]:
     lv = repo.label_version(session, case.id, version)
     if lv is None:
-        what = f"version {version}" if version is not None else "any label"
+        what = f"label version {version}" if version is not None else "label yet"
         raise NotFound(f"case {case.id} has no {what}", field="version")
     return lv, store.read(lv.blob_key)
 

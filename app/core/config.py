@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     # Keys the patient-id hash: without it a pseudonym cannot be linked back to a hospital id.
     secret_key: SecretStr = SecretStr(DEV_SECRET)
     max_upload_mb: int = Field(default=1024, gt=0)
-    lease_minutes: int = Field(default=60, gt=0)
+    lease_minutes: float = Field(default=60, gt=0)
     # Empty: tasks run on the embedded in-process worker (no external service).
     broker_url: str = ""
     log_level: str = "INFO"

@@ -10,18 +10,19 @@ row, so a claim sees exactly one ranking (old or new) and a case is never handed
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import Select, and_, case, false, func, literal, or_, select
+from sqlalchemy import ScalarSelect, Select, and_, case, false, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from app.models import Case, Lease, Project, Ranking, RankingEntry, User
 
 
-def current_ranking_id_subquery(project_id: int):  # type: ignore[no-untyped-def]
+def current_ranking_id_subquery(project_id: int) -> ScalarSelect[int | None]:
     return select(Project.current_ranking_id).where(Project.id == project_id).scalar_subquery()
 
 
-def open_case_filter(project_id: int, now: dt.datetime) -> list:  # type: ignore[type-arg]
+def open_case_filter(project_id: int, now: dt.datetime) -> list[Any]:
     return [
         Case.project_id == project_id,
         Case.deleted_at.is_(None),
@@ -32,16 +33,17 @@ def open_case_filter(project_id: int, now: dt.datetime) -> list:  # type: ignore
     ]
 
 
-def _queue_order(skipped: set[int]):  # type: ignore[no-untyped-def]
+def _queue_order(skipped: set[int]) -> tuple[Any, ...]:
     skipped_first = case((Case.id.in_(skipped), 1), else_=0) if skipped else literal(0)
     return (Case.pinned.desc(), skipped_first, RankingEntry.rank.is_(None), RankingEntry.rank, Case.id)
 
 
-def _ranked_cases(project_id: int) -> Select:  # type: ignore[type-arg]
-    return select(Case, RankingEntry).outerjoin(
-        RankingEntry,
-        and_(RankingEntry.case_id == Case.id, RankingEntry.ranking_id == current_ranking_id_subquery(project_id)),
-    )
+def _entry_join(project_id: int) -> Any:
+    return and_(RankingEntry.case_id == Case.id, RankingEntry.ranking_id == current_ranking_id_subquery(project_id))
+
+
+def _ranked_cases(project_id: int) -> Select[Case, RankingEntry]:
+    return select(Case, RankingEntry).outerjoin(RankingEntry, _entry_join(project_id))
 
 
 def pick_next(
@@ -76,8 +78,9 @@ def queue_page(
     session: Session, project_id: int, limit: int, offset: int
 ) -> list[tuple[Case, RankingEntry | None, Lease | None, User | None]]:
     stmt = (
-        _ranked_cases(project_id)
-        .add_columns(Lease, User)
+        select(Case, RankingEntry, Lease, User)
+        .select_from(Case)
+        .outerjoin(RankingEntry, _entry_join(project_id))
         .outerjoin(Lease, Lease.id == Case.lease_id)
         .outerjoin(User, User.id == Lease.user_id)
         .where(Case.project_id == project_id, Case.deleted_at.is_(None), Case.split == "pool")

@@ -81,9 +81,10 @@ def publish_cold_start(session: Session, project_id: int, seed: int | None = Non
 def _ensure_ranking(session: Session, project: Project, now: dt.datetime) -> None:
     """Before any model exists, keep a cold-start ranking that covers every open case."""
     current = repo.get_ranking(session, project.current_ranking_id)
-    if current is None:
-        publish_cold_start(session, project.id)
-    elif current.kind == "cold_start" and repo.unranked_open_exists(session, project.id, current.id, now):
+    stale = current is not None and current.kind == "cold_start" and repo.unranked_open_exists(
+        session, project.id, current.id, now
+    )
+    if current is None or stale:
         publish_cold_start(session, project.id)
 
 
@@ -98,8 +99,10 @@ def claim_next(session: Session, project: Project, user: User) -> Claim | None:
         return None
     case, entry = picked
     _end_stale_lease(session, case, now)
-    lease = Lease(token=secrets.token_urlsafe(24), case_id=case.id, user_id=user.id,
-                  ranking_id=entry.ranking_id if entry else None, created_at=now, expires_at=now + lease_duration())
+    lease = Lease(
+        token=secrets.token_urlsafe(24), case_id=case.id, user_id=user.id,
+        ranking_id=entry.ranking_id if entry else None, created_at=now, expires_at=now + lease_duration(),
+    )
     session.add(lease)
     session.flush()
     case.lease_id, case.lease_expires_at = lease.id, lease.expires_at
