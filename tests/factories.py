@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import uuid
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path

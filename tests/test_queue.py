@@ -153,7 +153,7 @@ def test_foreign_lease_upload_409_admin_override(
 def test_holder_upload_ends_lease_and_case_leaves_queue(
     client: TestClient, project: dict[str, Any], annotator: Login, settings_env: Path
 ) -> None:
-    ids, label = bulk_cases(project["id"], 2, settings_env)
+    _ids, label = bulk_cases(project["id"], 2, settings_env)
     held = claim(client, annotator, project["id"]).json()
     assert upload_label(client, annotator.headers, held["case"]["id"], label).status_code == 201
     queue = client.get(f"/api/v1/projects/{project['id']}/queue", headers=annotator.headers).json()

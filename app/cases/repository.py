@@ -11,7 +11,7 @@ from app.models import Case, LabelVersion, Patient, User
 def get_case(session: Session, case_id: int, *, for_update: bool = False) -> Case | None:
     stmt = select(Case).where(Case.id == case_id, Case.deleted_at.is_(None))
     if for_update:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(key_share=True)
     return session.scalar(stmt)
 
 

@@ -2,7 +2,7 @@
 
 The claim is one statement that reads the project's current ranking and locks the chosen case
 row, so a claim sees exactly one ranking (old or new) and a case is never handed out twice:
-- PostgreSQL: ``FOR UPDATE OF cases SKIP LOCKED``; a row leased by a transaction that committed
+- PostgreSQL: ``FOR NO KEY UPDATE OF cases SKIP LOCKED``; a row leased by a transaction that committed
   meanwhile is re-checked against the lease columns (they live on the case row for this reason).
 - SQLite: every transaction starts with BEGIN IMMEDIATE (app.core.db), so claims run one at a time.
 """
@@ -54,7 +54,9 @@ def pick_next(
         .where(*open_case_filter(project_id, now))
         .order_by(*_queue_order(skipped))
         .limit(1)
-        .with_for_update(of=Case, skip_locked=True)
+        # NO KEY UPDATE: a plain FOR UPDATE conflicts with the KEY SHARE locks that foreign-key checks
+        # take while a new ranking is being written, and SKIP LOCKED would then wrongly report "empty".
+        .with_for_update(of=Case, skip_locked=True, key_share=True)
     )
     row = session.execute(stmt).first()
     return None if row is None else (row[0], row[1])

@@ -23,7 +23,9 @@ def tiny_params(**overrides: object) -> TrainParams:
     return TrainParams.from_dict(base)
 
 
-def cube_case(seed: int, shape: tuple[int, int, int] = (16, 16, 16), side: int = 6) -> tuple[np.ndarray, np.ndarray]:
+def cube_case(
+    seed: int, shape: tuple[int, int, int] = (16, 16, 16), side: int = 6
+) -> tuple[np.ndarray, np.ndarray]:
     """A noisy CT-like int16 volume (HU) with one bright cube labelled 1 at a random position."""
     rng = np.random.default_rng(seed)
     image = (rng.normal(0.0, 50.0, shape) - 500.0).astype(np.int16)

@@ -231,7 +231,8 @@ def variance_score_from_probs(probs: torch.Tensor) -> float:
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:
     """Entropy in nats over dim 0; xlogy makes 0 log 0 = 0."""
-    return -torch.special.xlogy(probs, probs).sum(dim=0)
+    entropy: torch.Tensor = -torch.special.xlogy(probs, probs).sum(dim=0)
+    return entropy
 
 
 def _to_map(x: torch.Tensor) -> np.ndarray:
