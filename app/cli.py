@@ -93,3 +93,5 @@ def import_msd_cmd(
 
 def main() -> None:
     cli()
+if __name__ == "__main__":
+    main()

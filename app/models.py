@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -107,7 +108,11 @@ class Patient(Base):
 
 class Case(Base):
     __tablename__ = "cases"
-    __table_args__ = (UniqueConstraint("project_id", "sha256", name="uq_cases_project_sha256"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "sha256", name="uq_cases_project_sha256"),
+        Index("ix_cases_project_created", "project_id", "created_at"),
+        Index("ix_cases_project_pinned", "project_id", "pinned"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
@@ -170,6 +175,7 @@ class Ranking(Base):
 
 class RankingEntry(Base):
     __tablename__ = "ranking_entries"
+    __table_args__ = (Index("ix_ranking_entries_ranking_rank", "ranking_id", "rank"),)
     ranking_id: Mapped[int] = mapped_column(ForeignKey("rankings.id"), primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), primary_key=True, index=True)
     rank: Mapped[int] = mapped_column(Integer)

@@ -43,8 +43,8 @@ def claim_next(project_id: int, session: SessionDep, user: UserDep) -> ClaimResp
         return Response(status_code=204)
     return ClaimResponse(
         case=case_service.to_public(session, [claim.case])[0], rank=claim.rank, score=claim.score,
-        ranking_id=claim.ranking.id if claim.ranking else None,
-        model_version=claim.ranking.model_version_id if claim.ranking else None,
+        ranking_id=claim.ranking.id,
+        model_version=claim.ranking.model_version_id,
         lease=LeaseInfo(token=claim.lease.token, expires_at=claim.lease.expires_at),
     )
 

@@ -28,7 +28,7 @@ class Claim:
     lease: Lease
     rank: int | None
     score: float | None
-    ranking: Ranking | None
+    ranking: Ranking
 
 
 def lease_duration() -> dt.timedelta:
@@ -78,36 +78,35 @@ def publish_cold_start(session: Session, project_id: int, seed: int | None = Non
                            kind="cold_start", strategy="random", seed=seed)
 
 
-def _ensure_ranking(session: Session, project: Project, now: dt.datetime) -> None:
-    """Before any model exists, keep a cold-start ranking that covers every open case."""
+def _current_ranking(session: Session, project: Project) -> Ranking:
+    """The ranking a claim follows; before any model exists, a cold-start one covering every case."""
     current = repo.get_ranking(session, project.current_ranking_id)
-    stale = current is not None and current.kind == "cold_start" and repo.unranked_open_exists(
-        session, project.id, current.id, now
-    )
-    if current is None or stale:
-        publish_cold_start(session, project.id)
+    if current is None:
+        return publish_cold_start(session, project.id)
+    if current.kind == "cold_start" and repo.pool_cases_added_since(session, project.id, current.created_at):
+        return publish_cold_start(session, project.id)
+    return current
 
 
 # --- claims and leases -------------------------------------------------------------------------
 
 
 def claim_next(session: Session, project: Project, user: User) -> Claim | None:
+    ranking = _current_ranking(session, project)
     now = utcnow()
-    _ensure_ranking(session, project, now)
-    picked = repo.pick_next(session, project.id, now, repo.skipped_by(session, project.id, user.id))
+    picked = repo.pick_next(session, project.id, ranking.id, now, repo.skipped_by(session, project.id, user.id))
     if picked is None:
         return None
     case, entry = picked
     _end_stale_lease(session, case, now)
     lease = Lease(
         token=secrets.token_urlsafe(24), case_id=case.id, user_id=user.id,
-        ranking_id=entry.ranking_id if entry else None, created_at=now, expires_at=now + lease_duration(),
+        ranking_id=ranking.id, created_at=now, expires_at=now + lease_duration(),
     )
     session.add(lease)
     session.flush()
     case.lease_id, case.lease_expires_at = lease.id, lease.expires_at
     audit.record(session, "lease.claim", user_id=user.id, project_id=project.id, case_id=case.id, lease_id=lease.id)
-    ranking = repo.get_ranking(session, entry.ranking_id) if entry else None
     return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking)
 
 

@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("ranking_id", "case_id", name="pk_ranking_entries"),
     )
     op.create_index("ix_ranking_entries_case_id", "ranking_entries", ["case_id"])
+    op.create_index("ix_ranking_entries_ranking_rank", "ranking_entries", ["ranking_id", "rank"])
     op.create_table(
         "leases",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -68,9 +69,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("lease_id", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("lease_expires_at", sa.DateTime(), nullable=True))
         batch.create_foreign_key("fk_cases_lease_id_leases", "leases", ["lease_id"], ["id"])
+    op.create_index("ix_cases_project_created", "cases", ["project_id", "created_at"])
+    op.create_index("ix_cases_project_pinned", "cases", ["project_id", "pinned"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_cases_project_pinned", "cases")
+    op.drop_index("ix_cases_project_created", "cases")
     with op.batch_alter_table("cases") as batch:
         batch.drop_constraint("fk_cases_lease_id_leases", type_="foreignkey")
         for column in ("lease_expires_at", "lease_id", "excluded", "pinned"):

@@ -1,0 +1,139 @@
+"""Queue load benchmark: claim + release against a running NextCase server on PostgreSQL.
+
+Seeds a throw-away database with CASES cases, starts ``nextcase serve`` on it, then for each
+client count N runs N concurrent annotators that claim the next case and release it, for a fixed
+time, and prints claim latency (p50 / p99), release latency and claims per second.
+
+    .venv/bin/python -m benchmarks.queue_load --clients 1,8,32,64 --seconds 15
+
+Not a test: it measures and prints. Client threads share the machine with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.auth import service as auth
+from app.core import db, migrate
+from app.core.config import get_settings
+from app.projects.service import create_project
+from tests.factories import bulk_cases
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    return url
+
+
+def seed(n_cases: int, n_users: int, blob_dir: Path) -> tuple[int, list[str]]:
+    with db.session_scope() as session:
+        project_id = create_project(session, "bench", "CT", ["background", "organ"]).id
+        tokens = [auth.issue_token(session, auth.create_user(session, f"bench{i:03d}", "annotator")).token
+                  for i in range(n_users)]
+    bulk_cases(project_id, n_cases, blob_dir)
+    with db.get_engine().connect() as conn:
+        # What autovacuum would do after a bulk import; without statistics the planner sorts every case.
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    return project_id, tokens
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def run_clients(base: str, project_id: int, tokens: list[str], seconds: float) -> tuple[list[float], list[float]]:
+    claims: list[float] = []
+    releases: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(token: str) -> None:
+        mine_c, mine_r = [], []
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            while time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                r = http.post(f"/api/v1/projects/{project_id}/queue/next")
+                t1 = time.perf_counter()
+                if r.status_code != 200:
+                    raise RuntimeError(f"claim answered {r.status_code}: {r.text}")
+                http.delete(f"/api/v1/leases/{r.json()['lease']['token']}").raise_for_status()
+                mine_c.append(t1 - t0)
+                mine_r.append(time.perf_counter() - t1)
+        with lock:
+            claims.extend(mine_c)
+            releases.extend(mine_r)
+
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        list(pool.map(client, tokens))
+    return claims, releases
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000 if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+                        help="PostgreSQL server URL (a database 'nextcase_bench' is recreated on it)")
+    parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--clients", default="1,8,32,64")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.clients.split(",")]
+
+    url = fresh_database(args.server, "nextcase_bench")
+    blob_dir = Path(tempfile.mkdtemp(prefix="nextcase-bench-"))
+    env = {**os.environ, "NEXTCASE_DATABASE_URL": url, "NEXTCASE_BLOB_DIR": str(blob_dir),
+           "NEXTCASE_LOG_LEVEL": "WARNING"}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    db.configure()
+    project_id, tokens = seed(args.cases, max(counts), blob_dir)
+    server = start_server(env, args.port)
+    try:
+        print(f"{args.cases} cases, PostgreSQL, {args.seconds:.0f} s per row, claim + release per iteration")
+        print(f"{'clients':>7} {'claims':>7} {'claims/s':>9} {'claim p50':>10} {'claim p99':>10} {'release p50':>12}")
+        for n in counts:
+            claims, releases = run_clients(f"http://127.0.0.1:{args.port}", project_id, tokens[:n], args.seconds)
+            print(f"{n:>7} {len(claims):>7} {len(claims) / args.seconds:>9.1f} {pct(claims, 50):>8.1f}ms "
+                  f"{pct(claims, 99):>8.1f}ms {pct(releases, 50):>10.1f}ms", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        db.dispose()
+
+
+if __name__ == "__main__":
+    main()
