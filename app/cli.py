@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -49,18 +53,41 @@ def _bootstrap_admin() -> str | None:
         return auth.issue_token(session, auth.create_user(session, "admin", "admin")).token
 
 
+def start_embedded_worker() -> subprocess.Popen[bytes]:
+    """The embedded default's worker: the same Celery tasks, in a child process, on a SQLite broker."""
+    from app.cycles.service import fail_interrupted
+
+    with db.session_scope() as session:
+        fail_interrupted(session)
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "solo"])
+    atexit.register(_stop, proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port")] = None,
+    worker: Annotated[bool, typer.Option(help="start the embedded worker (when no broker is configured)")] = True,
 ) -> None:
-    """Run the API server (migrates the embedded SQLite database first)."""
+    """Run the API server (migrates the embedded SQLite database first; starts the embedded worker)."""
     import uvicorn
 
     settings = get_settings()
     setup_logging(settings.log_level, settings.log_json)
     if settings.is_sqlite:
         migrate.upgrade(settings.database_url)
+    if worker and settings.embedded_worker:
+        start_embedded_worker()
     token = _bootstrap_admin()
     host, port = host or settings.host, port or settings.port
     if token:
@@ -89,6 +116,23 @@ def import_msd_cmd(
         console.print(f"  [red]failed[/red] {line}")
     if report.failed:
         raise typer.Exit(1)
+
+
+@cli.command("worker")
+def worker_cmd(
+    pool: Annotated[str, typer.Option(help="prefork (production) or solo (embedded)")] = "prefork",
+    concurrency: Annotated[int, typer.Option(help="parallel tasks; keep 1 per GPU")] = 1,
+    queues: Annotated[str, typer.Option(help="queues to consume")] = "gpu",
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """Run a Celery worker for retraining cycles (train, evaluate, score, publish)."""
+    from worker.celery_app import celery_app
+
+    setup_logging(get_settings().log_level, get_settings().log_json)
+    celery_app.worker_main([
+        "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}",
+        "--without-gossip", "--without-mingle", "--prefetch-multiplier=1",
+    ])
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from app.core import db
 from app.core.config import get_settings
 from app.core.errors import install_handlers, problem
 from app.core.storage import get_blob_store
+from app.cycles.router import router as cycles_router
 from app.projects.router import router as projects_router
 from app.queue.router import router as queue_router
 
@@ -26,7 +27,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="NextCase", version="0.1.0",
                   description="Decides which 3D image an annotator should label next.")
     install_handlers(app)
-    for router in (auth_router, projects_router, cases_router, queue_router):
+    for router in (auth_router, projects_router, cases_router, queue_router, cycles_router):
         app.include_router(router)
     app.middleware("http")(_limit_and_log)
     app.get("/healthz", tags=["ops"])(healthz)
@@ -57,6 +58,17 @@ def _route(request: Request) -> str:
     return getattr(route, "path", request.url.path.split("/leases/")[0])
 
 
+def _broker_check() -> str:
+    from worker import celery_app as apps
+
+    try:
+        with apps.celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -74,6 +86,7 @@ def readyz() -> JSONResponse:
         checks["blob_store"] = "ok"
     except OSError as exc:
         checks["blob_store"] = f"error: {type(exc).__name__}"
+    checks["broker"] = _broker_check()
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)

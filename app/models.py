@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -196,3 +197,65 @@ class Lease(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     end_reason: Mapped[str | None] = mapped_column(String(16), default=None)
     skip_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+ACTIVE_CYCLE_STATES = ("queued", "running")
+
+
+class Cycle(Base):
+    """One retraining cycle: train → evaluate → score → publish. The job state lives here."""
+
+    __tablename__ = "cycles"
+    __table_args__ = (
+        # At most one queued or running cycle per project, enforced by the database itself.
+        Index("uq_cycles_one_active", "project_id", unique=True,
+              postgresql_where=text("status IN ('queued', 'running')"),
+              sqlite_where=text("status IN ('queued', 'running')")),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    phase: Mapped[str | None] = mapped_column(String(16), default=None)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    strategy: Mapped[str] = mapped_column(String(40))
+    warm_start: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    weights_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    trained_case_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    model_version_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    ranking_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("project_id", "version", name="uq_model_versions_project_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"))
+    weights_key: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    trained_case_ids: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CaseScore(Base):
+    """What one cycle's scoring produced for one case; published rankings are built from these."""
+
+    __tablename__ = "case_scores"
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"), primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), primary_key=True, index=True)
+    score: Mapped[float] = mapped_column(Float)
+    extras: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prediction_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    uncertainty_key: Mapped[str | None] = mapped_column(String(200), default=None)

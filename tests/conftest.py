@@ -24,6 +24,7 @@ from app.core import db, migrate
 from app.core.config import get_settings
 from app.main import create_app
 from app.models import Base
+from worker.celery_app import reset_celery
 
 PG_ENV = "NEXTCASE_TEST_POSTGRES_URL"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -89,6 +90,7 @@ def settings_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("NEXTCASE_BLOB_DIR", str(blob_dir))
     get_settings.cache_clear()
     db.configure()
+    reset_celery()
     yield blob_dir
     db.dispose()
     get_settings.cache_clear()

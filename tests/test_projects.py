@@ -40,4 +40,4 @@ def test_health_and_ready(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "blob_store": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "blob_store": "ok", "broker": "ok"}

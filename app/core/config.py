@@ -22,8 +22,11 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEV_SECRET)
     max_upload_mb: int = Field(default=1024, gt=0)
     lease_minutes: float = Field(default=60, gt=0)
-    # Empty: tasks run on the embedded in-process worker (no external service).
+    # Empty: the embedded default, a worker process started by `nextcase serve` on a SQLite-backed
+    # broker (no external service). Production: redis://redis:6379/0.
     broker_url: str = ""
+    # Longest a cycle task may run before Redis hands its unacknowledged message to another worker.
+    task_visibility_timeout_s: int = Field(default=12 * 3600, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
     host: str = "127.0.0.1"
@@ -38,6 +41,17 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_broker_url(self) -> str:
+        """Redis (or any Celery broker) when configured; else a SQLite file beside the blobs (embedded)."""
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.blob_dir.parent / 'broker.sqlite').resolve()}"
+
+    @property
+    def embedded_worker(self) -> bool:
+        return not self.broker_url
 
     @property
     def max_upload_bytes(self) -> int:

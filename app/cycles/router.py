@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends
+from fastapi.responses import FileResponse
+
+from app.auth.deps import AdminDep, SessionDep, UserDep
+from app.cases.service import get_case
+from app.core.db import session_scope
+from app.core.storage import BlobStore, get_blob_store
+from app.cycles import service
+from app.cycles.schemas import CycleCreate, CyclePublic, ModelVersionPublic
+from app.projects.service import get_project
+
+router = APIRouter(prefix="/api/v1", tags=["cycles"])
+StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
+
+
+@router.post("/projects/{project_id}/cycles", response_model=CyclePublic, status_code=202)
+def start_cycle(
+    project_id: int, session: SessionDep, admin: AdminDep, body: Annotated[CycleCreate | None, Body()] = None
+) -> CyclePublic:
+    cycle = service.create_cycle(session, get_project(session, project_id), body or CycleCreate(), admin)
+    session.commit()  # enqueue after commit: the worker must find the row
+    try:
+        service.enqueue(cycle.id)
+    except service.BrokerUnavailable:
+        with session_scope() as other:
+            service.mark_failed(other, cycle.id, "the task broker was unreachable when the cycle was queued")
+        raise
+    return CyclePublic.model_validate(cycle)
+
+
+@router.get("/cycles/{cycle_id}", response_model=CyclePublic)
+def get_cycle(cycle_id: int, session: SessionDep, _: UserDep) -> CyclePublic:
+    return CyclePublic.model_validate(service.get_cycle(session, cycle_id))
+
+
+@router.get("/projects/{project_id}/cycles", response_model=list[CyclePublic])
+def list_cycles(project_id: int, session: SessionDep, _: UserDep) -> list[CyclePublic]:
+    get_project(session, project_id)
+    return [CyclePublic.model_validate(c) for c in service.list_cycles(session, project_id)]
+
+
+@router.delete("/cycles/{cycle_id}", response_model=CyclePublic)
+def cancel_cycle(cycle_id: int, session: SessionDep, admin: AdminDep) -> CyclePublic:
+    return CyclePublic.model_validate(service.cancel(session, service.get_cycle(session, cycle_id), admin))
+
+
+@router.get("/projects/{project_id}/models", response_model=list[ModelVersionPublic])
+def list_models(project_id: int, session: SessionDep, _: UserDep) -> list[ModelVersionPublic]:
+    get_project(session, project_id)
+    return [ModelVersionPublic.model_validate(m) for m in service.list_models(session, project_id)]
+
+
+@router.get("/models/{model_id}/weights", response_class=FileResponse)
+def download_weights(model_id: int, session: SessionDep, store: StoreDep, _: UserDep) -> FileResponse:
+    model = service.get_model(session, model_id)
+    return FileResponse(store.path(model.weights_key), media_type="application/octet-stream",
+                        filename=f"project{model.project_id}-model-v{model.version}.pt")
+
+
+def _case_output(case_id: int, kind: str, session: SessionDep, store: BlobStore) -> FileResponse:
+    get_case(session, case_id)
+    key = service.latest_case_output(session, case_id, kind)
+    return FileResponse(store.path(key), media_type="application/gzip", filename=f"case-{case_id}-{kind}.nii.gz")
+
+
+@router.get("/cases/{case_id}/prediction", response_class=FileResponse)
+def prediction(case_id: int, session: SessionDep, store: StoreDep, _: UserDep) -> FileResponse:
+    """The model's label map on the case's grid (NIfTI uint8), a starting point for editing."""
+    return _case_output(case_id, "prediction", session, store)
+
+
+@router.get("/cases/{case_id}/uncertainty", response_class=FileResponse)
+def uncertainty(case_id: int, session: SessionDep, store: StoreDep, _: UserDep) -> FileResponse:
+    """Per-voxel MC-dropout variance (mean over classes) from the last scoring run (NIfTI float32)."""
+    return _case_output(case_id, "uncertainty", session, store)

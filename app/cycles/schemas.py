@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CycleCreate(BaseModel):
+    """Training and scoring parameters; anything left out takes the default (see worker/ml/params.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    batch_size: int | None = Field(None, ge=1, le=64)
+    patch_size: list[int] | int | None = None
+    mc_passes: int | None = Field(None, ge=2, le=100, description="T, Monte-Carlo dropout passes")
+    dropout: float | None = Field(None, ge=0, lt=1, description="p")
+    dropout_position: Literal["all", "decoder"] | None = None
+    channels: list[int] | None = None
+    strides: list[int] | None = None
+    samples_per_volume: int | None = Field(None, ge=1, le=64)
+    strategy: str = "mc_dropout_variance"
+    seed: int | None = Field(None, ge=0)
+    warm_start: bool = False
+
+
+class CyclePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    project_id: int
+    status: str
+    phase: str | None
+    strategy: str
+    warm_start: bool
+    params: dict[str, Any]
+    progress: dict[str, Any]
+    timings: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    cancel_requested: bool
+    model_version_id: int | None
+    ranking_id: int | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class ModelVersionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    project_id: int
+    version: int
+    cycle_id: int
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    trained_case_ids: list[int]
+    created_at: dt.datetime

@@ -1,0 +1,139 @@
+"""Starting, watching and cancelling retraining cycles (the worker does the work)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.errors import Conflict, DomainError, InvalidRequest, NotFound
+from app.cycles.schemas import CycleCreate
+from app.models import ACTIVE_CYCLE_STATES, CaseScore, Cycle, ModelVersion, Project, User, utcnow
+
+log = logging.getLogger("nextcase.cycles")
+TRAINING_FIELDS = ("epochs", "learning_rate", "batch_size", "patch_size", "mc_passes", "dropout",
+                   "dropout_position", "channels", "strides", "samples_per_volume", "seed")
+
+
+class BrokerUnavailable(DomainError):
+    status, type, title = 503, "broker-unavailable", "Task broker unavailable"
+
+
+def validated_params(body: CycleCreate) -> dict[str, Any]:
+    from worker.ml.params import TrainParams
+
+    raw = body.model_dump(include=set(TRAINING_FIELDS), exclude_none=True)
+    if isinstance(raw.get("patch_size"), int):
+        raw["patch_size"] = [raw["patch_size"]] * 3
+    try:
+        return TrainParams.from_dict(raw).to_dict()
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(str(exc), field="params") from exc
+
+
+def validate_strategy(name: str) -> None:
+    from worker.ml.scoring import STRATEGIES
+
+    if name not in STRATEGIES:
+        raise InvalidRequest(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}", field="strategy")
+
+
+def active_cycle(session: Session, project_id: int) -> Cycle | None:
+    return session.scalar(select(Cycle).where(Cycle.project_id == project_id,
+                                              Cycle.status.in_(ACTIVE_CYCLE_STATES)))
+
+
+def create_cycle(session: Session, project: Project, body: CycleCreate, user: User) -> Cycle:
+    params = validated_params(body)
+    validate_strategy(body.strategy)
+    running = active_cycle(session, project.id)
+    if running is not None:
+        raise Conflict(f"cycle {running.id} is already {running.status} for this project", field="project_id")
+    cycle = Cycle(project_id=project.id, params=params, strategy=body.strategy, warm_start=body.warm_start,
+                  created_by=user.id)
+    session.add(cycle)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent request won the race for the one active slot
+        raise Conflict("another cycle is already queued or running for this project", field="project_id") from exc
+    audit.record(session, "cycle.create", user_id=user.id, project_id=project.id, cycle_id=cycle.id,
+                 strategy=body.strategy)
+    return cycle
+
+
+def enqueue(cycle_id: int) -> None:
+    """Send the task chain; called after the cycle row is committed (the worker must find it)."""
+    from worker.tasks import cycle_chain
+
+    try:
+        cycle_chain(cycle_id).apply_async()
+    except Exception as exc:
+        log.exception("enqueue failed", extra={"cycle_id": cycle_id})
+        raise BrokerUnavailable(f"could not reach the task broker: {type(exc).__name__}") from exc
+
+
+def get_cycle(session: Session, cycle_id: int) -> Cycle:
+    cycle = session.get(Cycle, cycle_id)
+    if cycle is None:
+        raise NotFound(f"cycle {cycle_id} does not exist", field="cycle_id")
+    return cycle
+
+
+def list_cycles(session: Session, project_id: int) -> list[Cycle]:
+    return list(session.scalars(select(Cycle).where(Cycle.project_id == project_id).order_by(Cycle.id.desc())))
+
+
+def cancel(session: Session, cycle: Cycle, user: User) -> Cycle:
+    """A queued cycle is cancelled at once; a running one at its next check (within seconds)."""
+    if cycle.status not in ACTIVE_CYCLE_STATES:
+        raise Conflict(f"cycle {cycle.id} is already {cycle.status}", field="cycle_id")
+    cycle.cancel_requested = True
+    if cycle.status == "queued":
+        cycle.status, cycle.error, cycle.finished_at = "cancelled", "cancelled by an admin before it started", utcnow()
+    audit.record(session, "cycle.cancel", user_id=user.id, project_id=cycle.project_id, cycle_id=cycle.id)
+    return cycle
+
+
+def mark_failed(session: Session, cycle_id: int, reason: str) -> None:
+    cycle = session.get(Cycle, cycle_id)
+    if cycle is not None and cycle.status in ACTIVE_CYCLE_STATES:
+        cycle.status, cycle.error, cycle.finished_at = "failed", reason, utcnow()
+
+
+def fail_interrupted(session: Session) -> int:
+    """At start-up of the embedded service: cycles that were running died with the old process."""
+    stale = list(session.scalars(select(Cycle).where(Cycle.status == "running")))
+    for cycle in stale:
+        cycle.status, cycle.finished_at = "failed", utcnow()
+        cycle.error = f"interrupted during {cycle.phase}: the service restarted; the previous model stays in service"
+    return len(stale)
+
+
+def list_models(session: Session, project_id: int) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).where(ModelVersion.project_id == project_id)
+                                .order_by(ModelVersion.version.desc())))
+
+
+def get_model(session: Session, model_id: int) -> ModelVersion:
+    model = session.get(ModelVersion, model_id)
+    if model is None:
+        raise NotFound(f"model version {model_id} does not exist", field="model_id")
+    return model
+
+
+def latest_case_output(session: Session, case_id: int, kind: str) -> str:
+    """Blob key of the newest published prediction or uncertainty map for a case."""
+    column = CaseScore.prediction_key if kind == "prediction" else CaseScore.uncertainty_key
+    key = session.scalar(
+        select(column).join(Cycle, Cycle.id == CaseScore.cycle_id)
+        .where(CaseScore.case_id == case_id, Cycle.status == "done", column.is_not(None))
+        .order_by(Cycle.id.desc()).limit(1)
+    )
+    if key is None:
+        raise NotFound(f"case {case_id} has no {kind} yet: it is made when a cycle scores the case "
+                       "(unlabelled pool cases)", field="case_id")
+    return key

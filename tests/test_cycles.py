@@ -1,0 +1,236 @@
+"""Retraining cycles through the API and the pipeline functions, on synthetic cube volumes.
+
+The phases run in this process via ``worker.pipeline`` (the exact functions the Celery tasks call);
+tests/test_cycles_e2e.py runs them on real Celery workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.cases.imaging import read_nifti
+from app.core import db
+from app.models import Cycle, Project
+from tests.conftest import Login
+from tests.factories import create_project, encode, upload_case, upload_label
+from tests.ml.synthetic import cube_case
+from worker import pipeline
+
+TINY = {"epochs": 2, "learning_rate": 0.01, "batch_size": 2, "patch_size": [16, 16, 16], "mc_passes": 2,
+        "channels": [4, 8, 16], "strides": [2, 2], "samples_per_volume": 1, "seed": 3}
+
+
+def _image(array: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    return image
+
+
+@pytest.fixture
+def cube_project(client: TestClient, admin: Login) -> dict[str, Any]:
+    """8 cases: 3 labelled pool, 2 labelled validation, 3 unlabelled pool."""
+    project = create_project(client, admin.headers, "cubes", ["background", "cube"], "CT")
+    ids = []
+    for seed in range(8):
+        image, label = cube_case(seed)
+        case = upload_case(client, admin.headers, project["id"], encode(_image(image)), patient=f"p{seed}").json()
+        ids.append(case["id"])
+        if seed < 5:
+            assert upload_label(client, admin.headers, case["id"], encode(_image(label))).status_code == 201
+        if seed in (3, 4):
+            client.patch(f"/api/v1/cases/{case['id']}", json={"split": "validation"}, headers=admin.headers)
+    project["case_ids"] = ids
+    return project
+
+
+@pytest.fixture
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record enqueued cycle ids instead of sending them; the test then runs the phases itself."""
+    sent: list[int] = []
+    monkeypatch.setattr("app.cycles.service.enqueue", sent.append)
+    return sent
+
+
+def start(client: TestClient, admin: Login, project_id: int, **params: Any) -> Any:
+    return client.post(f"/api/v1/projects/{project_id}/cycles", json={**TINY, **params}, headers=admin.headers)
+
+
+def current_ranking(project_id: int) -> int | None:
+    with db.session_scope() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        return project.current_ranking_id
+
+
+def test_cycle_trains_evaluates_scores_and_publishes(
+    client: TestClient, admin: Login, annotator: Login, cube_project: dict[str, Any], no_broker: list[int]
+) -> None:
+    r = start(client, admin, cube_project["id"])
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    cycle_id = r.json()["id"]
+    assert no_broker == [cycle_id]
+    pipeline.run_cycle(cycle_id)
+
+    cycle = client.get(f"/api/v1/cycles/{cycle_id}", headers=annotator.headers).json()
+    assert cycle["status"] == "done", cycle["error"]
+    assert cycle["progress"]["epoch"] == 2 and cycle["progress"]["scored"] == 3
+    assert set(cycle["timings"]) == {"train", "evaluate", "score", "publish"}
+    assert set(cycle["metrics"]["per_class"]) == {"background", "cube"}
+    assert cycle["metrics"]["validation_cases"] == 2
+
+    models = client.get(f"/api/v1/projects/{cube_project['id']}/models", headers=annotator.headers).json()
+    assert [m["version"] for m in models] == [1]
+    assert sorted(models[0]["trained_case_ids"]) == cube_project["case_ids"][:3]
+    weights = client.get(f"/api/v1/models/{models[0]['id']}/weights", headers=annotator.headers)
+    assert weights.status_code == 200 and len(weights.content) > 1000
+
+    claim = client.post(f"/api/v1/projects/{cube_project['id']}/queue/next", headers=annotator.headers).json()
+    assert (claim["ranking_id"], claim["model_version"], claim["rank"]) == (cycle["ranking_id"], models[0]["id"], 1)
+    assert claim["case"]["id"] in cube_project["case_ids"][5:]
+
+    pred = client.get(f"/api/v1/cases/{claim['case']['id']}/prediction", headers=annotator.headers)
+    unc = client.get(f"/api/v1/cases/{claim['case']['id']}/uncertainty", headers=annotator.headers)
+    assert pred.status_code == unc.status_code == 200
+    pred_img, unc_img = read_nifti(pred.content), read_nifti(unc.content)
+    assert pred_img.GetSize() == unc_img.GetSize() == (16, 16, 16)
+    assert set(np.unique(sitk.GetArrayFromImage(pred_img))) <= {0, 1}
+    assert unc_img.GetPixelID() == sitk.sitkFloat32
+
+
+def test_second_cycle_while_one_is_active_is_409(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int]
+) -> None:
+    first = start(client, admin, cube_project["id"]).json()
+    r = start(client, admin, cube_project["id"])
+    assert r.status_code == 409
+    assert r.json()["detail"] == f"cycle {first['id']} is already queued for this project"
+
+
+def test_cycle_parameters_are_validated(
+    client: TestClient, admin: Login, annotator: Login, cube_project: dict[str, Any], no_broker: list[int]
+) -> None:
+    assert start(client, annotator, cube_project["id"]).status_code == 403
+    r = start(client, admin, cube_project["id"], strategy="oracle")
+    assert r.status_code == 422 and r.json()["field"] == "strategy"
+    assert r.json()["detail"].startswith("unknown strategy 'oracle'; known: bald, entropy, mc_dropout_variance")
+    r = start(client, admin, cube_project["id"], patch_size=[15, 16, 16])
+    assert r.status_code == 422 and r.json()["field"] == "params"
+    r = start(client, admin, cube_project["id"], dropout=1.5)
+    assert r.status_code == 422 and r.json()["field"] == "dropout"
+    assert no_broker == []
+    with db.session_scope() as session:
+        assert session.scalars(select(Cycle)).all() == []
+
+
+def _done_cycle(client: TestClient, admin: Login, project_id: int) -> dict[str, Any]:
+    cycle_id = start(client, admin, project_id).json()["id"]
+    pipeline.run_cycle(cycle_id)
+    return dict(client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json())
+
+
+def test_failed_cycle_keeps_previous_model_and_ranking(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    good = _done_cycle(client, admin, cube_project["id"])
+    before = current_ranking(cube_project["id"])
+    assert before == good["ranking_id"]
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr("worker.ml.scoring.score_case", broken)
+    bad = _done_cycle(client, admin, cube_project["id"])
+    assert bad["status"] == "failed"
+    assert bad["error"] == "score failed: RuntimeError: CUDA out of memory (simulated)"
+    assert current_ranking(cube_project["id"]) == before
+    models = client.get(f"/api/v1/projects/{cube_project['id']}/models", headers=admin.headers).json()
+    assert [m["version"] for m in models] == [1]
+
+
+def test_cancelled_cycle_keeps_previous_ranking(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int]
+) -> None:
+    claim = client.post(f"/api/v1/projects/{cube_project['id']}/queue/next", headers=admin.headers).json()
+    cold = claim["ranking_id"]
+    cycle_id = start(client, admin, cube_project["id"]).json()["id"]
+    pipeline.run_phase(cycle_id, "train")
+    pipeline.run_phase(cycle_id, "evaluate")
+    r = client.delete(f"/api/v1/cycles/{cycle_id}", headers=admin.headers)
+    assert r.status_code == 200 and r.json()["cancel_requested"]
+    pipeline.run_phase(cycle_id, "score")
+    pipeline.run_phase(cycle_id, "publish")
+    cycle = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()
+    assert cycle["status"] == "cancelled" and cycle["error"] == "cancelled by an admin before score"
+    assert current_ranking(cube_project["id"]) == cold
+    assert client.get(f"/api/v1/projects/{cube_project['id']}/models", headers=admin.headers).json() == []
+    assert client.delete(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).status_code == 409
+
+
+def test_cancel_of_queued_cycle_is_immediate(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int]
+) -> None:
+    cycle_id = start(client, admin, cube_project["id"]).json()["id"]
+    assert client.delete(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()["status"] == "cancelled"
+    pipeline.run_cycle(cycle_id)  # the message still arrives: the worker must not run it
+    cycle = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()
+    assert cycle["status"] == "cancelled" and cycle["phase"] is None
+    assert start(client, admin, cube_project["id"]).status_code == 202  # the slot is free again
+
+
+def test_redelivered_phase_after_worker_death_fails_the_cycle(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int]
+) -> None:
+    cycle_id = start(client, admin, cube_project["id"]).json()["id"]
+    with db.session_scope() as session:  # what a worker killed mid-training leaves behind
+        cycle = session.get(Cycle, cycle_id)
+        assert cycle is not None
+        cycle.status, cycle.phase, cycle.worker = "running", "train", "gpu-node-1:4242"
+    pipeline.run_cycle(cycle_id)  # the broker redelivers the unacknowledged message
+    cycle_json = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()
+    assert cycle_json["status"] == "failed"
+    assert cycle_json["error"] == ("the worker running train stopped (killed or lost: gpu-node-1:4242); "
+                                   "the previous model and queue stay in service")
+
+
+def test_training_needs_a_labelled_case(
+    client: TestClient, admin: Login, no_broker: list[int]
+) -> None:
+    project = create_project(client, admin.headers, "empty", ["background", "cube"])
+    upload_case(client, admin.headers, project["id"], encode(_image(cube_case(0)[0])))
+    cycle = _done_cycle(client, admin, project["id"])
+    assert cycle["status"] == "failed"
+    assert cycle["error"] == ("train failed: no labelled case in the pool split: label at least one case "
+                              "before training")
+
+
+def test_unreachable_broker_is_503_and_cycle_failed(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+    from worker.celery_app import reset_celery
+
+    monkeypatch.setenv("NEXTCASE_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    reset_celery().conf.broker_connection_timeout = 1
+    r = client.post(f"/api/v1/projects/{cube_project['id']}/cycles", json=TINY, headers=admin.headers)
+    assert r.status_code == 503
+    assert r.json()["detail"].startswith("could not reach the task broker")
+    cycles = client.get(f"/api/v1/projects/{cube_project['id']}/cycles", headers=admin.headers).json()
+    assert cycles[0]["status"] == "failed"
+    assert cycles[0]["error"] == "the task broker was unreachable when the cycle was queued"
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/readyz").json()["checks"]["broker"].startswith("error")
+
+
+def test_prediction_before_any_cycle_is_404(client: TestClient, admin: Login, cube_project: dict[str, Any]) -> None:
+    case_id = cube_project["case_ids"][6]
+    r = client.get(f"/api/v1/cases/{case_id}/prediction", headers=admin.headers)
+    assert r.status_code == 404 and r.json()["detail"].startswith(f"case {case_id} has no prediction yet")
+

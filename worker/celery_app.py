@@ -1,0 +1,59 @@
+"""The Celery application.
+
+Delivery choices (see README, "Worker"):
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only when its task
+  returns, so a crashed worker's task is redelivered instead of vanishing; the task then sees from
+  the database that the phase had already started and marks the cycle failed (no silent rerun).
+- Redis ``visibility_timeout`` (``NEXTCASE_TASK_VISIBILITY_TIMEOUT_S``, 12 h) exceeds the longest
+  cycle phase, so a long training run is not handed to a second worker while the first still runs.
+- One ``gpu`` queue, ``worker_prefetch_multiplier=1`` and concurrency 1: one training at a time per
+  GPU, and no task waits in a busy worker's buffer while another worker is idle.
+- No result backend: job state lives in the ``cycles`` table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from app.core import db
+from app.core.config import get_settings
+
+GPU_QUEUE = "gpu"
+
+
+def create_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("nextcase", broker=settings.effective_broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=GPU_QUEUE,
+        broker_transport_options={"visibility_timeout": settings.task_visibility_timeout_s, "polling_interval": 0.5},
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+celery_app = create_celery()
+
+
+def reset_celery() -> Celery:
+    """Rebuild the app after settings changed (tests, the CLI)."""
+    global celery_app
+    celery_app = create_celery()
+    return celery_app
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # Pooled database connections must not cross a fork.
+    db.dispose()

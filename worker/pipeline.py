@@ -1,0 +1,304 @@
+"""The phases of a retraining cycle, as plain functions of a cycle id.
+
+Each phase re-reads what it needs from the database, runs the ML code in ``worker.ml`` (which
+knows nothing of the service), and records progress and outcome in the ``cycles`` row in short
+transactions. Nothing becomes visible to annotators until ``publish``, which writes the model
+version and the complete ranking in one transaction: a failed or cancelled cycle leaves the
+previous model and queue in service.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select
+
+from app.core import db
+from app.core.storage import BlobStore, get_blob_store
+from app.models import Case, CaseScore, Cycle, LabelVersion, ModelVersion, Project, utcnow
+from app.queue.service import publish_ranking
+from worker.data import encode_on_case_grid, load_array
+
+log = logging.getLogger("nextcase.worker")
+PHASES = ("train", "evaluate", "score", "publish")
+CANCEL_CHECK_S = 2.0
+
+
+class CycleCancelled(Exception):
+    pass
+
+
+class CycleError(Exception):
+    """A problem with the cycle's inputs, reported to the admin as is."""
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+def run_phase(cycle_id: int, phase: str, store: BlobStore | None = None) -> None:
+    """Run one phase of a cycle and record its outcome; never raises for a cycle-level failure."""
+    store = store or get_blob_store()
+    if not _enter(cycle_id, phase):
+        return
+    started = time.perf_counter()
+    try:
+        PHASE_FUNCTIONS[phase](cycle_id, store)
+    except CycleCancelled:
+        _finish(cycle_id, "cancelled", f"cancelled by an admin during {phase}")
+        log.info("cycle cancelled", extra={"cycle_id": cycle_id, "phase": phase})
+        return
+    except Exception as exc:
+        detail = str(exc) if isinstance(exc, CycleError) else f"{type(exc).__name__}: {exc}"
+        _finish(cycle_id, "failed", f"{phase} failed: {detail}")
+        log.exception("cycle failed", extra={"cycle_id": cycle_id, "phase": phase})
+        return
+    with db.session_scope() as session:
+        cycle = _get(session, cycle_id)
+        cycle.timings = {**cycle.timings, phase: round(time.perf_counter() - started, 3)}
+
+
+def _get(session: Any, cycle_id: int) -> Cycle:
+    cycle = session.get(Cycle, cycle_id)
+    if cycle is None:
+        raise CycleError(f"cycle {cycle_id} does not exist")
+    return cycle
+
+
+def _enter(cycle_id: int, phase: str) -> bool:
+    """Mark the phase started; False when the cycle must not run (finished, cancelled, redelivered)."""
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id, with_for_update=True)
+        if cycle is None or cycle.status not in ("queued", "running"):
+            return False
+        if cycle.cancel_requested:
+            _mark_finished(cycle, "cancelled", f"cancelled by an admin before {phase}")
+            return False
+        if cycle.phase == phase:
+            # The broker redelivered a phase that had started: its worker died mid-way.
+            _mark_finished(cycle, "failed", f"the worker running {phase} stopped (killed or lost: "
+                                            f"{cycle.worker}); the previous model and queue stay in service")
+            return False
+        if cycle.phase is not None and PHASES.index(phase) != PHASES.index(cycle.phase) + 1:
+            return False
+        if cycle.status == "queued":
+            cycle.status, cycle.started_at = "running", utcnow()
+        cycle.phase, cycle.worker = phase, f"{socket.gethostname()}:{__import__('os').getpid()}"
+        return True
+
+
+def _mark_finished(cycle: Cycle, status: str, error: str | None) -> None:
+    cycle.status, cycle.error, cycle.finished_at = status, error, utcnow()
+
+
+def _finish(cycle_id: int, status: str, error: str | None) -> None:
+    with db.session_scope() as session:
+        cycle = _get(session, cycle_id)
+        if cycle.status in ("queued", "running"):
+            _mark_finished(cycle, status, error)
+
+
+def _progress(cycle_id: int, **values: Any) -> bool:
+    """Record progress; returns whether an admin asked to cancel."""
+    with db.session_scope() as session:
+        cycle = _get(session, cycle_id)
+        cycle.progress = {**cycle.progress, **values}
+        return bool(cycle.cancel_requested)
+
+
+def _cancel_checker(cycle_id: int) -> Callable[[], bool]:
+    last = [0.0]
+
+    def should_stop() -> bool:
+        if time.monotonic() - last[0] < CANCEL_CHECK_S:
+            return False
+        last[0] = time.monotonic()
+        with db.session_scope() as session:
+            return bool(_get(session, cycle_id).cancel_requested)
+
+    return should_stop
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def _context(cycle_id: int) -> tuple[Cycle, Project]:
+    with db.session_scope() as session:
+        cycle = _get(session, cycle_id)
+        project = session.get(Project, cycle.project_id)
+        assert project is not None
+        return cycle, project
+
+
+def _labelled(session: Any, project_id: int, split: str) -> list[tuple[Case, str]]:
+    latest = (
+        select(LabelVersion.case_id, func.max(LabelVersion.version).label("v"))
+        .group_by(LabelVersion.case_id).subquery()
+    )
+    rows = session.execute(
+        select(Case, LabelVersion.blob_key)
+        .join(latest, latest.c.case_id == Case.id)
+        .join(LabelVersion, (LabelVersion.case_id == Case.id) & (LabelVersion.version == latest.c.v))
+        .where(Case.project_id == project_id, Case.split == split, Case.deleted_at.is_(None))
+        .order_by(Case.id)
+    )
+    return [(case, key) for case, key in rows]
+
+
+def _arrays(store: BlobStore, pairs: list[tuple[Case, str]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    images = [load_array(store, case.blob_key).astype(np.float32) for case, _ in pairs]
+    labels = [load_array(store, key).astype(np.int64) for _, key in pairs]
+    return images, labels
+
+
+def _params(cycle: Cycle) -> Any:
+    from worker.ml.params import TrainParams
+
+    return TrainParams.from_dict(cycle.params)
+
+
+# --- phases ------------------------------------------------------------------------------------
+
+
+def train(cycle_id: int, store: BlobStore) -> None:
+    from worker.ml.checkpoint import save_model
+    from worker.ml.train import TrainingCancelled, train_model
+
+    cycle, project = _context(cycle_id)
+    params = _params(cycle)
+    with db.session_scope() as session:
+        pairs = _labelled(session, project.id, "pool")
+        init_state = _warm_start_state(session, store, project.id) if cycle.warm_start else None
+    if not pairs:
+        raise CycleError("no labelled case in the pool split: label at least one case before training")
+    images, labels = _arrays(store, pairs)
+    _progress(cycle_id, epoch=0, epochs=params.epochs, loss=None, train_cases=len(pairs))
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        _progress(cycle_id, epoch=epoch, loss=round(loss, 5))
+
+    try:
+        result = train_model(images, labels, len(project.labels), project.modality, params, init_state=init_state,
+                             progress=on_epoch, should_stop=_cancel_checker(cycle_id))
+    except TrainingCancelled as exc:
+        raise CycleCancelled from exc
+    with tempfile.TemporaryDirectory(prefix="nextcase-model-") as tmp:
+        path = Path(tmp) / "model.pt"
+        save_model(path, result.state_dict, len(project.labels), project.modality, params)
+        blob = store.put(path.read_bytes(), "pt")
+    with db.session_scope() as session:
+        cycle = _get(session, cycle_id)
+        cycle.weights_key, cycle.trained_case_ids = blob.key, [case.id for case, _ in pairs]
+        cycle.metrics = {**cycle.metrics, "train_loss": result.epoch_losses[-1] if result.epoch_losses else None}
+
+
+def _warm_start_state(session: Any, store: BlobStore, project_id: int) -> dict[str, Any] | None:
+    import torch
+
+    previous = session.scalar(select(ModelVersion).where(ModelVersion.project_id == project_id)
+                              .order_by(ModelVersion.version.desc()).limit(1))
+    if previous is None:
+        return None
+    payload = torch.load(store.path(previous.weights_key), map_location="cpu", weights_only=True)
+    return dict(payload["state_dict"])
+
+
+def _load_model(store: BlobStore, cycle: Cycle) -> Any:
+    from worker.ml.checkpoint import load_model
+
+    if cycle.weights_key is None:
+        raise CycleError("the cycle has no trained weights")
+    return load_model(store.path(cycle.weights_key))
+
+
+def evaluate(cycle_id: int, store: BlobStore) -> None:
+    from worker.ml.inference import evaluate as evaluate_model
+
+    cycle, project = _context(cycle_id)
+    with db.session_scope() as session:
+        pairs = _labelled(session, project.id, "validation")
+    if not pairs:
+        _store_metrics(cycle_id, {"validation_cases": 0, "per_class": {}, "mean_dice": None,
+                                  "note": "no labelled case in the validation split"})
+        return
+    model, meta = _load_model(store, cycle)
+    images, labels = _arrays(store, pairs)
+    result = evaluate_model(model, images, labels, project.modality, meta.params)
+    per_class = dict(zip(project.labels, result["per_class"], strict=True))
+    _store_metrics(cycle_id, {"validation_cases": len(pairs), "per_class": per_class,
+                              "mean_dice": result["mean_dice"]})
+
+
+def _store_metrics(cycle_id: int, metrics: dict[str, Any]) -> None:
+    with db.session_scope() as session:
+        cycle = _get(session, cycle_id)
+        cycle.metrics = {**cycle.metrics, **metrics}
+
+
+def score(cycle_id: int, store: BlobStore) -> None:
+    from worker.ml.inference import predict_labels
+    from worker.ml.scoring import score_case
+    from worker.ml.transforms import normalise
+
+    cycle, project = _context(cycle_id)
+    with db.session_scope() as session:
+        session.execute(delete(CaseScore).where(CaseScore.cycle_id == cycle_id))
+        cases = list(session.scalars(select(Case).where(
+            Case.project_id == project.id, Case.split == "pool", Case.status == "unlabelled",
+            Case.deleted_at.is_(None)).order_by(Case.id)))
+    model, meta = _load_model(store, cycle)
+    for done, case in enumerate(cases):
+        if _progress(cycle_id, scored=done, total=len(cases)):
+            raise CycleCancelled
+        image = normalise(load_array(store, case.blob_key).astype(np.float32), project.modality)
+        result = score_case(model, image, cycle.strategy, meta.params, case_key=case.id)
+        prediction = predict_labels(model, image, meta.params)
+        row = CaseScore(cycle_id=cycle_id, case_id=case.id, score=float(result.score), extras=result.extras,
+                        prediction_key=store.put(encode_on_case_grid(prediction.astype(np.uint8), case), "nii.gz").key)
+        if result.voxel_map is not None:
+            row.uncertainty_key = store.put(encode_on_case_grid(result.voxel_map.astype(np.float32), case),
+                                            "nii.gz").key
+        with db.session_scope() as session:
+            session.add(row)
+    _progress(cycle_id, scored=len(cases), total=len(cases))
+
+
+def publish(cycle_id: int, store: BlobStore) -> None:
+    """One transaction: model version, complete ranking, switch, cycle done."""
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id, with_for_update=True)
+        assert cycle is not None
+        if cycle.cancel_requested:
+            raise CycleCancelled
+        if cycle.weights_key is None:
+            raise CycleError("the cycle has no trained weights")
+        latest = session.scalar(select(func.max(ModelVersion.version)).where(
+            ModelVersion.project_id == cycle.project_id)) or 0
+        version = ModelVersion(project_id=cycle.project_id, version=latest + 1, cycle_id=cycle.id,
+                               weights_key=cycle.weights_key, params={**cycle.params, "strategy": cycle.strategy},
+                               metrics=cycle.metrics, trained_case_ids=cycle.trained_case_ids)
+        session.add(version)
+        session.flush()
+        scores = [(cid, s) for cid, s in session.execute(
+            select(CaseScore.case_id, CaseScore.score).where(CaseScore.cycle_id == cycle.id))]
+        ranking = publish_ranking(session, cycle.project_id, scores, kind="model", strategy=cycle.strategy,
+                                  seed=cycle.params.get("seed"), model_version_id=version.id)
+        cycle.model_version_id, cycle.ranking_id = version.id, ranking.id
+        _mark_finished(cycle, "done", None)
+
+
+PHASE_FUNCTIONS: dict[str, Callable[[int, BlobStore], None]] = {
+    "train": train, "evaluate": evaluate, "score": score, "publish": publish,
+}
+
+
+def run_cycle(cycle_id: int, store: BlobStore | None = None) -> None:
+    """All phases in order in this process (used by tests and by `nextcase simulate --in-process`)."""
+    for phase in PHASES:
+        run_phase(cycle_id, phase, store)
