@@ -24,6 +24,11 @@ from app.core.config import get_settings
 GPU_QUEUE = "gpu"
 
 
+def _transport_options(url: str, visibility_timeout_s: int) -> dict[str, Any]:
+    # The SQLite-backed embedded transport hands its options to create_engine: give it none.
+    return {} if url.startswith("sqla+") else {"visibility_timeout": visibility_timeout_s}
+
+
 def create_celery() -> Celery:
     settings = get_settings()
     app = Celery("nextcase", broker=settings.effective_broker_url, include=["worker.tasks"])
@@ -33,7 +38,7 @@ def create_celery() -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=GPU_QUEUE,
-        broker_transport_options={"visibility_timeout": settings.task_visibility_timeout_s, "polling_interval": 0.5},
+        broker_transport_options=_transport_options(settings.effective_broker_url, settings.task_visibility_timeout_s),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],

@@ -1,0 +1,117 @@
+"""A whole cycle on real Celery worker processes, with real hippocampus MR cases.
+
+- production path: PostgreSQL + Redis broker + ``nextcase worker`` (prefork pool), a separate process;
+- embedded default: SQLite + the SQLite-backed broker + ``nextcase worker --pool solo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.bulk_import import import_msd
+from app.core.config import get_settings
+from app.core.storage import BlobStore
+from tests.conftest import Login, shared_data
+from worker.celery_app import reset_celery
+
+PARAMS = {"epochs": 3, "learning_rate": 0.01, "batch_size": 2, "patch_size": [32, 32, 32], "mc_passes": 3,
+          "channels": [4, 8, 16], "strides": [2, 2], "samples_per_volume": 1, "seed": 1}
+
+
+@pytest.fixture
+def broker(database_url: str, settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    if database_url.startswith("postgresql"):
+        url = os.environ.get("NEXTCASE_TEST_REDIS_URL")
+        if not url:
+            pytest.skip("the production-path cycle test needs NEXTCASE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/15)")
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+        monkeypatch.setenv("NEXTCASE_BROKER_URL", url)
+    get_settings.cache_clear()
+    reset_celery()
+    return get_settings().effective_broker_url
+
+
+@pytest.fixture
+def worker_process(broker: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    pool = "solo" if broker.startswith("sqla+") else "prefork"
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", pool], env=os.environ.copy(),
+                            stdout=log, stderr=subprocess.STDOUT)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def hippocampus_subset(tmp_path: Path, n: int, labelled: int) -> Path:
+    source = shared_data("msd-hippocampus")
+    meta = json.loads((source / "dataset.json").read_text())
+    subset = tmp_path / "hippo"
+    (subset / "imagesTr").mkdir(parents=True)
+    (subset / "labelsTr").mkdir()
+    meta["training"] = meta["training"][:n]
+    for i, entry in enumerate(meta["training"]):
+        (subset / entry["image"]).symlink_to(source / entry["image"])
+        if i < labelled:
+            (subset / entry["label"]).symlink_to(source / entry["label"])
+        else:
+            del entry["label"]
+    (subset / "dataset.json").write_text(json.dumps(meta))
+    return subset
+
+
+def wait_done(client: TestClient, login: Login, cycle_id: int, log: Path, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cycle = client.get(f"/api/v1/cycles/{cycle_id}", headers=login.headers).json()
+        if cycle["status"] not in ("queued", "running"):
+            return dict(cycle)
+        time.sleep(0.5)
+    raise AssertionError(f"cycle {cycle_id} did not finish; worker log:\n{log.read_text()[-3000:]}")
+
+
+def test_cycle_on_real_worker(
+    client: TestClient, admin: Login, annotator: Login, settings_env: Path, tmp_path: Path,
+    worker_process: subprocess.Popen[bytes],
+) -> None:
+    report = import_msd("hippo", hippocampus_subset(tmp_path, 10, 6), BlobStore(settings_env), with_labels=True)
+    assert report.imported == 10
+    project = client.get("/api/v1/projects", headers=admin.headers).json()[0]
+    cases = client.get(f"/api/v1/projects/{project['id']}/cases", headers=admin.headers).json()["items"]
+    labelled = [c["id"] for c in cases if c["status"] == "labelled"]
+    for case_id in labelled[:2]:
+        client.patch(f"/api/v1/cases/{case_id}", json={"split": "validation"}, headers=admin.headers)
+
+    r = client.post(f"/api/v1/projects/{project['id']}/cycles", json=PARAMS, headers=admin.headers)
+    assert r.status_code == 202, r.text
+    cycle = wait_done(client, admin, r.json()["id"], tmp_path / "worker.log")
+    assert cycle["status"] == "done", cycle["error"]
+    assert cycle["progress"]["train_cases"] == 4 and cycle["progress"]["scored"] == 4
+    assert cycle["metrics"]["validation_cases"] == 2
+    assert set(cycle["metrics"]["per_class"]) == {"background", "anterior", "posterior"}
+    assert isinstance(cycle["metrics"]["mean_dice"], float)
+
+    models = client.get(f"/api/v1/projects/{project['id']}/models", headers=annotator.headers).json()
+    assert len(models) == 1 and models[0]["metrics"]["per_class"] == cycle["metrics"]["per_class"]
+    stats = client.get(f"/api/v1/projects/{project['id']}/queue/stats", headers=annotator.headers).json()
+    assert stats["ranking"]["id"] == cycle["ranking_id"] and stats["model_version"] == models[0]["id"]
+    queue = client.get(f"/api/v1/projects/{project['id']}/queue", headers=annotator.headers).json()
+    top = next(item for item in queue["items"] if item["status"] == "open")
+    claim = client.post(f"/api/v1/projects/{project['id']}/queue/next", headers=annotator.headers).json()
+    assert (claim["case"]["id"], claim["rank"], claim["ranking_id"]) == (top["case_id"], 1, cycle["ranking_id"])
+    assert worker_process.poll() is None  # the worker is still serving
