@@ -17,6 +17,7 @@ from app.core.config import get_settings
 from app.core.errors import install_handlers, problem
 from app.core.storage import get_blob_store
 from app.cycles.router import router as cycles_router
+from app.monailabel.router import router as monailabel_router
 from app.projects.router import router as projects_router
 from app.queue.router import router as queue_router
 
@@ -27,7 +28,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="NextCase", version="0.1.0",
                   description="Decides which 3D image an annotator should label next.")
     install_handlers(app)
-    for router in (auth_router, projects_router, cases_router, queue_router, cycles_router):
+    for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, monailabel_router):
         app.include_router(router)
     app.middleware("http")(_limit_and_log)
     app.get("/healthz", tags=["ops"])(healthz)

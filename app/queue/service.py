@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -172,6 +172,27 @@ def check_and_end_lease(session: Session, case: Case, user: User) -> None:
         _close(lease, case, now, "labelled" if live else "expired")
     else:
         case.lease_id, case.lease_expires_at = None, None
+
+
+def live_leases(session: Session, project_id: int, user_id: int) -> list[tuple[Lease, Case]]:
+    """The user's live leases in a project, newest first."""
+    now = utcnow()
+    rows = session.execute(
+        select(Lease, Case).join(Case, Case.lease_id == Lease.id)
+        .where(Case.project_id == project_id, Lease.user_id == user_id, Lease.ended_at.is_(None),
+               Lease.expires_at > now)
+        .order_by(Lease.id.desc())
+    )
+    return [(lease, case) for lease, case in rows]
+
+
+def touch(session: Session, case: Case, user: User) -> None:
+    """Extend the user's live lease on a case: clients without a heartbeat keep it by using the case."""
+    if case.lease_id is None or case.lease_expires_at is None or case.lease_expires_at <= utcnow():
+        return
+    lease = session.get(Lease, case.lease_id)
+    if lease is not None and lease.user_id == user.id and lease.ended_at is None:
+        lease.expires_at = case.lease_expires_at = utcnow() + lease_duration()
 
 
 def set_queue_flags(session: Session, case: Case, user: User, *, pinned: bool | None, excluded: bool | None) -> None:

@@ -1,0 +1,188 @@
+"""MONAI Label concepts mapped onto NextCase: no second store, no second queue.
+
+Image ids handed to a MONAI Label client are ``case<id>-<key>`` where ``key`` is derived from the
+live lease's secret token: the id is a capability for that lease, so Slicer's token-less image
+download works for the lease holder only, and only while the lease is live. Authenticated calls
+also accept the plain ``case<id>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.core.errors import DomainError, NotFound
+from app.models import ACTIVE_CYCLE_STATES, Case, Cycle, Lease, ModelVersion, Project, User, utcnow
+from app.queue import service as queue
+
+MODEL_NAME = "segmentation"
+ID_PATTERN = re.compile(r"^case(?P<case>\d+)(?:-(?P<key>[0-9a-f]{16}))?$")
+TASK_STATUS = {"queued": "RUNNING", "running": "RUNNING", "done": "DONE", "failed": "ERROR", "cancelled": "STOPPED"}
+
+
+class TooManyRequests(DomainError):
+    status, type, title = 429, "training-active", "Training already running"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    case_id: int
+    key: str | None
+
+
+def lease_key(lease: Lease) -> str:
+    return hashlib.sha256(f"monailabel:{lease.token}".encode()).hexdigest()[:16]
+
+
+def image_id(case: Case, lease: Lease | None = None) -> str:
+    return f"case{case.id}" + (f"-{lease_key(lease)}" if lease is not None else "")
+
+
+def parse_image_id(value: str) -> ImageRef:
+    match = ID_PATTERN.match(value.strip())
+    if match is None:
+        raise NotFound(f"unknown image id {value!r}", field="image")
+    return ImageRef(int(match["case"]), match["key"])
+
+
+def case_for(session: Session, project: Project, ref: ImageRef) -> Case:
+    case = session.get(Case, ref.case_id)
+    if case is None or case.project_id != project.id or case.deleted_at is not None:
+        raise NotFound(f"no image case{ref.case_id} in this project", field="image")
+    return case
+
+
+def case_by_capability(session: Session, project: Project, ref: ImageRef) -> Case | None:
+    """The case if ``ref`` carries the key of its live lease (the token-less download)."""
+    if ref.key is None:
+        return None
+    case = session.get(Case, ref.case_id)
+    if case is None or case.project_id != project.id or case.lease_id is None:
+        return None
+    lease = session.get(Lease, case.lease_id)
+    live = lease is not None and lease.ended_at is None and lease.expires_at > utcnow()
+    return case if live and lease is not None and lease_key(lease) == ref.key else None
+
+
+def next_sample(session: Session, project: Project, user: User) -> dict[str, Any]:
+    """Release the holder's current lease (recorded as a skip), then claim the next case.
+
+    Slicer clears its scene and cannot load the id it just showed, so the case just released is
+    never handed straight back: when it is all that is left, the reply is "nothing left" ({}).
+    """
+    released = None
+    for lease, _case in queue.live_leases(session, project.id, user.id)[:1]:
+        queue.end_lease(session, lease.token, user, "skipped", "next sample requested in MONAI Label client")
+        released = lease.case_id
+    claim = queue.claim_next(session, project, user)
+    if claim is None:
+        return {}
+    if claim.case.id == released:
+        queue.end_lease(session, claim.lease.token, user, "released")
+        return {}
+    return {
+        "id": image_id(claim.case, claim.lease),
+        "name": f"{image_id(claim.case, claim.lease)}.nii.gz",
+        "checksum": f"SHA256:{claim.case.sha256}",
+        "strategy": claim.ranking.strategy,
+        "weight": claim.score,
+        "rank": claim.rank,
+    }
+
+
+def label_names(project: Project) -> dict[str, int]:
+    return {name: idx for idx, name in enumerate(project.labels) if idx > 0}
+
+
+def latest_cycle(session: Session, project_id: int) -> Cycle | None:
+    return session.scalar(select(Cycle).where(Cycle.project_id == project_id).order_by(Cycle.id.desc()).limit(1))
+
+
+def latest_model(session: Session, project_id: int) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.project_id == project_id)
+                          .order_by(ModelVersion.version.desc()).limit(1))
+
+
+def train_stats(session: Session, project_id: int) -> dict[str, Any]:
+    cycle = latest_cycle(session, project_id)
+    model = latest_model(session, project_id)
+    best = model.metrics.get("mean_dice") if model else None
+    stats: dict[str, Any] = {"epoch": 0, "total_epochs": 0, "best_metric": float(best or 0.0), "start_ts": 0}
+    if cycle is not None:
+        stats.update(epoch=int(cycle.progress.get("epoch") or 0),
+                     total_epochs=int(cycle.progress.get("epochs") or cycle.params.get("epochs") or 0),
+                     start_ts=int((cycle.started_at or cycle.created_at).timestamp()))
+        if cycle.finished_at is not None:
+            stats["total_time"] = round((cycle.finished_at - (cycle.started_at or cycle.created_at)).total_seconds(), 1)
+    return stats
+
+
+def info(session: Session, project: Project) -> dict[str, Any]:
+    from worker.ml.params import TrainParams
+    from worker.ml.scoring import STRATEGIES
+
+    total = session.scalar(select(func.count()).select_from(Case).where(
+        Case.project_id == project.id, Case.deleted_at.is_(None))) or 0
+    completed = session.scalar(select(func.count()).select_from(Case).where(
+        Case.project_id == project.id, Case.deleted_at.is_(None), Case.status == "labelled")) or 0
+    defaults = TrainParams()
+    names = label_names(project)
+    return {
+        "name": project.name,
+        "description": f"NextCase project {project.name} ({project.modality}): cases ranked by active learning",
+        "version": "nextcase-0.1.0",
+        "labels": list(names),
+        "models": {MODEL_NAME: {"type": "segmentation", "labels": names, "dimension": 3,
+                                "description": "MONAI 3D U-Net with MC dropout, retrained by NextCase cycles",
+                                "config": {}}},
+        "trainers": {MODEL_NAME: {"description": "start a NextCase retraining cycle",
+                                  "config": {"epochs": defaults.epochs, "mc_passes": defaults.mc_passes}}},
+        "strategies": {"uncertainty": {"description": "the NextCase ranking of the current model"},
+                       **{name: {"description": f"NextCase ranking (scored by {name})"} for name in STRATEGIES}},
+        "scoring": {},
+        "train_stats": {MODEL_NAME: train_stats(session, project.id)},
+        "datastore": {"total": int(total), "completed": int(completed), "label_tags": {"final": int(completed)}},
+    }
+
+
+def task_json(cycle: Cycle) -> dict[str, Any]:
+    details = [f"cycle {cycle.id}: {cycle.status}" + (f" ({cycle.phase})" if cycle.phase else "")]
+    if cycle.error:
+        details.append(cycle.error)
+    return {
+        "id": str(cycle.id),
+        "name": MODEL_NAME,
+        "status": TASK_STATUS[cycle.status],
+        "start_ts": int((cycle.started_at or cycle.created_at).timestamp()),
+        **({"end_ts": int(cycle.finished_at.timestamp())} if cycle.finished_at else {}),
+        "details": details,
+        "request": {**cycle.params, "strategy": cycle.strategy},
+        "result": {"metrics": cycle.metrics},
+    }
+
+
+def active_cycle(session: Session, project_id: int) -> Cycle | None:
+    return session.scalar(select(Cycle).where(Cycle.project_id == project_id,
+                                              Cycle.status.in_(ACTIVE_CYCLE_STATES)))
+
+
+def prediction_array(session: Session, store: Any, case: Case, project: Project) -> Any:
+    """The current model's label map for a case: from its last scoring run, else computed now."""
+    from app.models import CaseScore
+    from worker.data import load_array
+
+    model = latest_model(session, project.id)
+    if model is None:
+        raise NotFound("no trained model yet: start a training cycle first", field="model")
+    key = session.scalar(select(CaseScore.prediction_key).where(
+        CaseScore.case_id == case.id, CaseScore.cycle_id == model.cycle_id))
+    if key is not None:
+        return load_array(store, key)
+    from worker.predict import predict_case
+
+    return predict_case(store, case, project.modality, model.weights_key)

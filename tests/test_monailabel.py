@@ -1,0 +1,233 @@
+"""3D Slicer's MONAI Label client (monailabel 0.8.5, installed with --no-deps) against NextCase.
+
+The client is the real one Slicer embeds; it talks plain http.client to a live NextCase server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus, urlparse
+
+import httpx
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from sqlalchemy import select
+
+from app.core import db
+from app.models import LabelVersion, User
+from tests.conftest import Login, make_login
+from tests.ml.synthetic import cube_case
+from tests.test_cycles import TINY, _image
+from worker import pipeline
+
+client_module = pytest.importorskip("monailabel.client.client", reason="pip install --no-deps monailabel==0.8.5")
+MONAILabelClient = client_module.MONAILabelClient
+MONAILabelClientException = client_module.MONAILabelClientException
+
+
+@pytest.fixture
+def project(live_server: str, admin: Login, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """6 cube cases (2 labelled), one finished cycle (so a model and predictions exist); enqueue recorded."""
+    from tests.factories import encode
+
+    http = httpx.Client(base_url=f"{live_server}/api/v1", headers=admin.headers)
+    project = http.post("/projects", json={"name": "slicer", "modality": "CT", "labels": ["background", "cube"]}).json()
+    ids = []
+    for seed in range(6):
+        image, label = cube_case(seed)
+        r = http.post(f"/projects/{project['id']}/cases", files={"file": ("c.nii.gz", encode(_image(image)))},
+                      data={"patient": f"p{seed}"})
+        ids.append(r.json()["id"])
+        if seed < 2:
+            http.put(f"/cases/{r.json()['id']}/label", files={"file": ("l.nii.gz", encode(_image(label)))})
+    sent: list[int] = []
+    monkeypatch.setattr("app.cycles.service.enqueue", sent.append)
+    cycle = http.post(f"/projects/{project['id']}/cycles", json=TINY).json()
+    pipeline.run_cycle(cycle["id"])
+    label_path = tmp_path / "C:\\Users\\annotator\\label.nii.gz".replace("\\", "_")
+    label_path.write_bytes(encode(_image(cube_case(9)[1])))
+    return {**project, "case_ids": ids, "unlabelled": ids[2:], "label_path": str(label_path),
+            "base": f"{live_server}/monailabel/{project['id']}", "enqueued": sent}
+
+
+def status_of(exc: pytest.ExceptionInfo[Any]) -> int:
+    """The HTTP status a client exception carries (some client calls only put it in the message)."""
+    found = re.search(r"Status: (\d+)", exc.value.msg)
+    return int(found.group(1)) if found else int(exc.value.status_code)
+
+
+def logged_in(base: str, login: Login) -> Any:
+    client = MONAILabelClient(base, client_id="user-xyz")  # Slicer's default id: never an identity
+    assert client.auth_enabled()
+    client.update_auth(client.auth_token(login.name, login.token))
+    assert client.auth_valid_token()
+    return client
+
+
+def test_whole_slicer_session(project: dict[str, Any], admin: Login, annotator: Login, tmp_path: Path) -> None:
+    client = logged_in(project["base"], annotator)
+    info = client.info()
+    assert info["labels"] == ["cube"] and info["models"]["segmentation"]["labels"] == {"cube": 1}
+    assert info["datastore"] == {"total": 6, "completed": 2, "label_tags": {"final": 2}}
+    assert isinstance(info["train_stats"]["segmentation"]["best_metric"], float)
+    assert "uncertainty" in info["strategies"] and "random" in info["strategies"]
+
+    sample = client.next_sample("uncertainty", {})
+    assert sample["id"].startswith("case") and sample["name"] == f"{sample['id']}.nii.gz"
+    case_id = int(sample["id"][4:].split("-")[0])
+    assert case_id in project["unlabelled"]
+
+    # Slicer downloads the image with urllib and no token: the lease-scoped id is the credential.
+    url = f"{project['base']}/datastore/image?image={quote_plus(sample['id'])}"
+    data = urllib.request.urlopen(url).read()
+    assert sample["checksum"] == "SHA256:" + hashlib.sha256(data).hexdigest()
+    image_path = tmp_path / sample["name"]
+    image_path.write_bytes(data)
+    image = sitk.ReadImage(str(image_path))
+
+    mask_path, params = client.infer("segmentation", sample["id"], {"result_extension": ".nrrd",
+                                                                    "result_dtype": "uint8"})
+    assert params["label_names"] == {"cube": 1}
+    mask = sitk.ReadImage(mask_path)
+    assert mask_path.endswith(".nrrd") and mask.GetPixelID() == sitk.sitkUInt8
+    assert mask.GetSize() == image.GetSize()
+    assert mask.GetSpacing() == pytest.approx(image.GetSpacing())
+    assert mask.GetOrigin() == pytest.approx(image.GetOrigin())
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+
+    store = client.datastore()
+    assert store["objects"][sample["id"]]["labels"]["original"]["info"]["params"]["label_names"] == {"cube": 1}
+    original = client.download_label(sample["id"], "original")
+    assert sitk.ReadImage(original).GetSize() == image.GetSize()
+
+    saved = client.save_label(sample["id"], project["label_path"], params={"label_info": [{"name": "cube", "idx": 1}]})
+    assert (saved["version"], saved["author"]) == (1, annotator.name)
+    with db.session_scope() as session:
+        authors = session.execute(select(User.name).join(LabelVersion, LabelVersion.author_id == User.id)
+                                  .where(LabelVersion.case_id == case_id)).scalars().all()
+    assert authors == [annotator.name]
+    with pytest.raises(urllib.error.HTTPError) as gone:  # the lease ended: the capability id is dead
+        urllib.request.urlopen(url)
+    assert gone.value.code == 401
+
+    admin_client = logged_in(project["base"], admin)
+    task = admin_client.train_start("segmentation", {"epochs": 1, "client_id": "user-xyz"})
+    assert task["status"] == "RUNNING" and task["details"]
+    assert project["enqueued"][-1] == int(task["id"])
+    assert admin_client.train_status(check_if_running=True) is True
+    assert admin_client.train_status()["status"] == "RUNNING"
+    with pytest.raises(MONAILabelClientException) as busy:
+        admin_client.train_start("segmentation", {})
+    assert status_of(busy) == 429
+    stopped = admin_client.train_stop()
+    assert stopped["status"] == "STOPPED" and stopped["details"][-1]
+    assert admin_client.train_status(check_if_running=True) is False
+    assert admin_client.train_stop() is None
+
+
+def test_without_credentials_only_auth_answers(project: dict[str, Any]) -> None:
+    client = MONAILabelClient(project["base"])
+    assert client.auth_enabled()
+    calls: list[Callable[[], Any]] = [
+        client.info, lambda: client.next_sample("random", {}), client.datastore,
+        lambda: client.train_start("segmentation", {}), client.train_stop, client.train_status,
+        lambda: client.infer("segmentation", f"case{project['unlabelled'][0]}", {}),
+        lambda: client.download_label(f"case{project['unlabelled'][0]}", "original"),
+        lambda: client.save_label(f"case{project['unlabelled'][0]}", project["label_path"]),
+    ]
+    for call in calls:
+        with pytest.raises(MONAILabelClientException) as refused:
+            call()
+        assert status_of(refused) == 401
+    assert client.train_status(check_if_running=True) is False
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{project['base']}/datastore/image?image=case{project['unlabelled'][0]}")
+    assert anonymous.value.code == 401
+    with pytest.raises(MONAILabelClientException):
+        client.auth_token("bob-annotator", "nc_wrong")
+
+
+def test_two_users_drain_without_overlap_and_third_cannot_save(
+    project: dict[str, Any], annotator: Login
+) -> None:
+    carol = make_login("carol", "annotator")
+    got: dict[str, list[int]] = {annotator.name: [], carol.name: []}
+
+    def drain(login: Login) -> None:
+        client = logged_in(project["base"], login)
+        while sample := client.next_sample("uncertainty", {}):
+            got[login.name].append(int(sample["id"][4:].split("-")[0]))
+            client.save_label(sample["id"], project["label_path"])
+
+    threads = [threading.Thread(target=drain, args=(login,)) for login in (annotator, carol)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handed = got[annotator.name] + got[carol.name]
+    assert sorted(handed) == project["unlabelled"]  # each case once, none twice, none lost
+
+
+def test_foreign_lease_save_is_refused(project: dict[str, Any], annotator: Login) -> None:
+    holder = logged_in(project["base"], annotator)
+    sample = holder.next_sample("uncertainty", {})
+    intruder = logged_in(project["base"], make_login("dave", "annotator"))
+    with pytest.raises(MONAILabelClientException) as refused:
+        intruder.save_label(sample["id"], project["label_path"])
+    assert status_of(refused) == 409
+
+
+def test_next_sample_releases_and_never_repeats(project: dict[str, Any], annotator: Login) -> None:
+    client = logged_in(project["base"], annotator)
+    first = client.next_sample("uncertainty", {})
+    second = client.next_sample("random", {})
+    assert first["id"].split("-")[0] != second["id"].split("-")[0]
+    seen = [first["id"].split("-")[0], second["id"].split("-")[0]]
+    while sample := client.next_sample("uncertainty", {}):
+        assert sample["id"].split("-")[0] != seen[-1]
+        seen.append(sample["id"].split("-")[0])
+        if len(seen) > 12:
+            break
+    other = logged_in(project["base"], make_login("erin", "annotator"))
+    assert other.next_sample("uncertainty", {})  # skipped cases stay available to others
+
+
+def test_empty_queue_is_200_empty_object(project: dict[str, Any], admin: Login) -> None:
+    client = logged_in(project["base"], admin)
+    while sample := client.next_sample("uncertainty", {}):
+        client.save_label(sample["id"], project["label_path"])
+    assert client.next_sample("uncertainty", {}) == {}
+
+
+def test_paths_answer_200_with_and_without_slash_never_redirect(project: dict[str, Any], admin: Login) -> None:
+    for path in ("/info/", "/info", "/train/", "/train", "/datastore/?output=all", "/datastore?output=all",
+                 "/auth/", "/auth", "/auth/token/valid", "/auth/token/valid/"):
+        r = httpx.get(project["base"] + path, headers=admin.headers, follow_redirects=False)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+
+
+def test_stale_content_length_on_get_does_not_hang(project: dict[str, Any], admin: Login) -> None:
+    parsed = urlparse(project["base"])
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    conn.request("GET", parsed.path + "/info/", headers={**admin.headers, "content-type": "application/json",
+                                                         "content-length": "57"})
+    response = conn.getresponse()
+    assert response.status == 200 and b'"labels"' in response.read()
+
+
+def test_train_details_and_metric_types(project: dict[str, Any], admin: Login) -> None:
+    client = logged_in(project["base"], admin)
+    last = client.train_status()
+    assert last["status"] == "DONE" and last["details"] and isinstance(last["details"], list)
+    best = client.info()["train_stats"]["segmentation"]["best_metric"]
+    assert isinstance(best, float)
+    assert "total_time" in client.info()["train_stats"]["segmentation"]
