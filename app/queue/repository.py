@@ -90,9 +90,8 @@ def skipped_by(session: Session, project_id: int, user_id: int) -> set[int]:
     return set(rows)
 
 
-def lease_by_token(session: Session, token: str, *, for_update: bool = False) -> Lease | None:
-    stmt = select(Lease).where(Lease.token == token)
-    return session.scalar(stmt.with_for_update() if for_update else stmt)
+def lease_by_token(session: Session, token: str) -> Lease | None:
+    return session.scalar(select(Lease).where(Lease.token == token))
 
 
 def queue_page(

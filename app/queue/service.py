@@ -119,13 +119,16 @@ def _end_stale_lease(session: Session, case: Case, now: dt.datetime) -> None:
 
 
 def _live_lease(session: Session, token: str, user: User, now: dt.datetime) -> tuple[Lease, Case]:
-    lease = repo.lease_by_token(session, token, for_update=True)
+    lease = repo.lease_by_token(session, token)
     if lease is None:
         raise NotFound("no lease with this token", field="token")
     if lease.user_id != user.id and user.role != "admin":
         raise Forbidden("this lease belongs to another annotator", field="token")
-    case = session.get(Case, lease.case_id, with_for_update=True)
+    # Lock order everywhere is case row, then lease row (claims and label uploads lock the case first);
+    # taking the lease first here deadlocked against a claim ending the same expired lease.
+    case = session.get(Case, lease.case_id, with_for_update={"key_share": True})
     assert case is not None
+    session.refresh(lease, with_for_update={"key_share": True})
     if lease.ended_at is not None:
         raise LeaseExpired(f"the lease ended ({lease.end_reason}) at {lease.ended_at.isoformat()}", field="token")
     if lease.expires_at <= now or case.lease_id != lease.id:
