@@ -78,6 +78,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port")] = None,
     worker: Annotated[bool, typer.Option(help="start the embedded worker (when no broker is configured)")] = True,
+    demo: Annotated[bool, typer.Option(help="seed a demo project when the database has none")] = True,
+    dataset: Annotated[Path | None, typer.Option(help="seed the demo from this MSD folder, not phantoms")] = None,
 ) -> None:
     """Run the API server (migrates the embedded SQLite database first; starts the embedded worker)."""
     import uvicorn
@@ -86,14 +88,33 @@ def serve(
     setup_logging(settings.log_level, settings.log_json)
     if settings.is_sqlite:
         migrate.upgrade(settings.database_url)
-    if worker and settings.embedded_worker:
-        start_embedded_worker()
     token = _bootstrap_admin()
     host, port = host or settings.host, port or settings.port
     if token:
         console.print(f"[bold]admin token[/bold] (shown once): {token}")
         console.print(f"try: curl -H 'Authorization: Bearer {token}' http://{host}:{port}/api/v1/projects")
+    if demo and _needs_demo():
+        _seed_demo(token, f"http://{host}:{port}", dataset)
+    if worker and settings.embedded_worker:
+        start_embedded_worker()
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_config=None)
+
+
+def _needs_demo() -> bool:
+    from app.demo import needs_seeding
+
+    return needs_seeding()
+
+
+def _seed_demo(admin_token: str | None, base: str, dataset: Path | None) -> None:
+    from app.cycles.service import enqueue
+    from app.demo import instructions, seed
+
+    console.print("seeding the demo project (phantom CTs)..." if dataset is None else f"seeding from {dataset}...")
+    settings = get_settings()
+    demo = seed(get_blob_store(), settings.blob_dir.parent / "demo", dataset)
+    enqueue(demo.cycle_id)
+    typer.echo(instructions(demo, admin_token, base))
 
 
 @cli.command("import-msd")
@@ -116,6 +137,45 @@ def import_msd_cmd(
         console.print(f"  [red]failed[/red] {line}")
     if report.failed:
         raise typer.Exit(1)
+
+
+@cli.command()
+def simulate(
+    dataset_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="labelled MSD folder")],
+    out: Annotated[Path, typer.Option(help="results folder (CSV, plot, summary); rerun resumes")] = Path("sim"),
+    initial: Annotated[int, typer.Option(help="initially labelled pool cases (paper: 11)")] = 11,
+    per_cycle: Annotated[int, typer.Option(help="cases the oracle labels after each cycle (paper: 5)")] = 5,
+    cycles: Annotated[int, typer.Option(help="acquisition rounds after the initial training (paper: 4)")] = 4,
+    val: Annotated[int, typer.Option(help="validation cases (paper: 6)")] = 6,
+    test: Annotated[int, typer.Option(help="test cases, evaluated after every cycle (paper: 22)")] = 22,
+    strategies: Annotated[str, typer.Option(help="comma-separated strategies")] = "mc_dropout_variance,random",
+    seeds: Annotated[int, typer.Option(help="repetitions with different splits")] = 3,
+    epochs: Annotated[int | None, typer.Option(help="training epochs per cycle")] = None,
+    mc_passes: Annotated[int | None, typer.Option(help="T, MC-dropout passes (paper: 5)")] = None,
+    dropout: Annotated[float | None, typer.Option(help="p (paper: 0.5)")] = None,
+    params: Annotated[str, typer.Option(help='more cycle parameters as JSON: {"patch_size": [32, 64, 64]}')] = "{}",
+    resample: Annotated[float, typer.Option(help="make the voxel grid this many times coarser (fits a CPU)")] = 1.0,
+    full_pool: Annotated[bool, typer.Option(help="also train once on the whole pool (the ceiling)")] = True,
+    url: Annotated[str | None, typer.Option(help="a running NextCase server (default: start an embedded one)")] = None,
+    token: Annotated[str | None, typer.Option(help="admin token for --url")] = None,
+) -> None:
+    """Replay an annotation campaign with an oracle annotator, through the REST API.
+
+    The paper's protocol: --initial 11 --per-cycle 5 --cycles 4 --val 6 --test 22
+    --strategies mc_dropout_variance,random --seeds 3 --mc-passes 5 --dropout 0.5
+    """
+    import json
+
+    from app.simulation import Protocol
+    from app.simulation import simulate as run_simulation
+
+    extra = {"epochs": epochs, "mc_passes": mc_passes, "dropout": dropout}
+    protocol = Protocol(initial=initial, per_cycle=per_cycle, cycles=cycles, val=val, test=test,
+                        strategies=[s.strip() for s in strategies.split(",") if s.strip()], seeds=seeds,
+                        params={**json.loads(params), **{k: v for k, v in extra.items() if v is not None}},
+                        resample=resample, full_pool=full_pool)
+    results = run_simulation(dataset_dir, out, protocol, url=url, token=token, progress=console.print)
+    console.print(f"{len(results)} runs; results in {out}/results.csv, {out}/dice_vs_labelled.png, {out}/summary.md")
 
 
 @cli.command("worker")

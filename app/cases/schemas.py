@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-Split = Literal["pool", "validation"]
+Split = Literal["pool", "validation", "test"]  # test: never queued, never trained on, evaluated each cycle
 Status = Literal["unlabelled", "labelled"]
 
 

@@ -23,7 +23,7 @@ from app.core.errors import Conflict, InvalidRequest, NotFound, UploadTooLarge
 from app.core.storage import BlobStore, StoredBlob
 from app.models import Case, LabelVersion, Patient, Project, User, utcnow
 
-SPLITS = ("pool", "validation")
+SPLITS = ("pool", "validation", "test")
 
 
 def check_upload_size(files: list[UploadedFile]) -> None:

@@ -1,0 +1,92 @@
+"""Seed an empty embedded instance so the next-case flow works at once.
+
+Generates thoracic CT phantoms (or takes an MSD folder), imports them with a few labelled cases
+and two labelled validation cases, creates an annotator, and queues the first cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from app.auth import service as auth
+from app.bulk_import import import_msd, read_msd
+from app.core import db
+from app.core.storage import BlobStore
+from app.cycles import service as cycles
+from app.cycles.schemas import CycleCreate
+from app.models import Case, Project, User
+from app.phantom import write_dataset
+
+DEMO_PROJECT = "demo-thorax"
+# Small enough that the first cycle finishes in about a minute on two CPU cores.
+DEMO_CYCLE = CycleCreate(epochs=20, learning_rate=0.003, batch_size=2, patch_size=[32, 64, 64], mc_passes=5,
+                         channels=[8, 16, 32], strides=[2, 2], samples_per_volume=2, seed=0)
+
+
+@dataclass(frozen=True)
+class Demo:
+    project_id: int
+    cycle_id: int
+    annotator_token: str
+
+
+def needs_seeding() -> bool:
+    with db.session_scope() as session:
+        return not session.scalar(select(func.count()).select_from(Project))
+
+
+def _labelled_subset(source: Path, target: Path, labelled: int) -> Path:
+    meta = json.loads((source / "dataset.json").read_text())
+    for i, entry in enumerate(meta["training"]):
+        for key in ("image", "label"):
+            if key in entry:
+                entry[key] = str((source / entry[key]).resolve())
+        if i >= labelled:
+            entry.pop("label", None)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "dataset.json").write_text(json.dumps(meta))
+    return target
+
+
+def seed(store: BlobStore, workdir: Path, dataset: Path | None = None, labelled: int = 8) -> Demo:
+    """Import the demo data, create user 'annotator', queue cycle 1 (the caller enqueues it after commit)."""
+    source = dataset or write_dataset(workdir / "phantoms", n=20, seed=0)
+    name = DEMO_PROJECT if dataset is None else read_msd(dataset).name.replace(" ", "-").lower()
+    import_msd(name, _labelled_subset(source, workdir / "demo-import", labelled), store, with_labels=True)
+    with db.session_scope() as session:
+        project = session.scalar(select(Project).where(Project.name == name))
+        assert project is not None
+        labelled_ids = list(session.scalars(select(Case.id).where(
+            Case.project_id == project.id, Case.status == "labelled").order_by(Case.id)))
+        for case in session.scalars(select(Case).where(Case.id.in_(labelled_ids[:2]))):
+            case.split = "validation"
+        annotator = session.scalar(select(User).where(User.name == "annotator")) or auth.create_user(
+            session, "annotator", "annotator")
+        token = auth.issue_token(session, annotator).token
+        admin = session.scalar(select(User).where(User.role == "admin").order_by(User.id))
+        assert admin is not None
+        cycle = cycles.create_cycle(session, project, DEMO_CYCLE, admin)
+        return Demo(project.id, cycle.id, token)
+
+
+def instructions(demo: Demo, admin_token: str | None, base: str) -> str:
+    api = f"{base}/api/v1"
+    parse = "python3 -c 'import sys, json; print(json.load(sys.stdin)[\"case\"][\"id\"])'"
+    admin = f"export ADMIN={admin_token}\n" if admin_token else ""
+    return f"""
+Demo project {demo.project_id} is ready: 20 phantom chest CTs, 6 labelled + 2 validation; cycle {demo.cycle_id} is
+training on the embedded worker (about a minute). Tokens (shown once):
+{admin}export ANNOTATOR={demo.annotator_token}
+
+# claim the next case (a lease: no one else gets it) and download its image
+CASE=$(curl -s -X POST -H "Authorization: Bearer $ANNOTATOR" {api}/projects/{demo.project_id}/queue/next | {parse})
+curl -s -H "Authorization: Bearer $ANNOTATOR" -o image.nii.gz {api}/cases/$CASE/image
+# once cycle {demo.cycle_id} is done ({api}/cycles/{demo.cycle_id}): the model's pre-segmentation
+curl -s -H "Authorization: Bearer $ANNOTATOR" -o mask.nii.gz {api}/cases/$CASE/prediction
+# edit mask.nii.gz (3D Slicer, ITK-SNAP), then upload it as a new label version
+curl -s -X PUT -H "Authorization: Bearer $ANNOTATOR" -F file=@mask.nii.gz {api}/cases/$CASE/label
+"""

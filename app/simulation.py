@@ -1,0 +1,338 @@
+"""``nextcase simulate``: replay an annotation campaign with an oracle annotator, through the REST API.
+
+The simulator is a client of the product: it creates projects, imports images without labels,
+starts cycles, claims cases from ``queue/next`` and uploads the true masks, so the experiment runs
+the same code that annotators and workers use. Splits and the initial labelled set are drawn from
+the seed alone, so they are identical across strategies for the same seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import SimpleITK as sitk
+
+from app.bulk_import import read_msd
+
+log = logging.getLogger("nextcase.simulate")
+FULL_POOL = "full_pool"
+
+
+@dataclass
+class Protocol:
+    initial: int = 11
+    per_cycle: int = 5
+    cycles: int = 4
+    val: int = 6
+    test: int = 22
+    strategies: list[str] = field(default_factory=lambda: ["mc_dropout_variance", "random"])
+    seeds: int = 3
+    params: dict[str, Any] = field(default_factory=dict)
+    resample: float = 1.0
+    full_pool: bool = True
+
+
+@dataclass
+class Case:
+    name: str
+    image: bytes
+    label: bytes
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def _encode(image: sitk.Image) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="nextcase-sim-") as tmp:
+        path = Path(tmp) / "x.nii.gz"
+        sitk.WriteImage(image, str(path), useCompression=True)
+        return path.read_bytes()
+
+
+def _coarser(image: sitk.Image, factor: float, interpolator: int) -> sitk.Image:
+    if factor == 1.0:
+        return image
+    spacing = [s * factor for s in image.GetSpacing()]
+    size = [max(1, round(n / factor)) for n in image.GetSize()]
+    return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), spacing,
+                         image.GetDirection(), 0, image.GetPixelID())
+
+
+def load_cases(root: Path, resample: float, on_case: Callable[[], None] | None = None) -> list[Case]:
+    """All labelled cases of an MSD folder, optionally on a grid ``resample`` times coarser."""
+    cases = []
+    for image_path, label_path in read_msd(root).pairs:
+        if label_path is None:
+            continue
+        image = _coarser(sitk.ReadImage(str(image_path)), resample, sitk.sitkLinear)
+        label = _coarser(sitk.ReadImage(str(label_path)), resample, sitk.sitkNearestNeighbor)
+        label.CopyInformation(image)
+        cases.append(Case(image_path.name.split(".")[0], _encode(image), _encode(label)))
+        if on_case:
+            on_case()
+    return cases
+
+
+@dataclass(frozen=True)
+class Splits:
+    test: list[str]
+    val: list[str]
+    pool: list[str]  # in the seed's order; the first `initial` are the initial labelled set
+
+
+def draw_splits(names: list[str], protocol: Protocol, seed: int) -> Splits:
+    needed = protocol.test + protocol.val + protocol.initial
+    if len(names) < needed + 1:
+        raise ValueError(f"the dataset has {len(names)} labelled cases; the protocol needs more than {needed}")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    return Splits(order[: protocol.test], order[protocol.test : protocol.test + protocol.val],
+                  order[protocol.test + protocol.val :])
+
+
+# --- service -----------------------------------------------------------------------------------
+
+
+class Service:
+    """A REST session with a NextCase server as an admin and an oracle annotator."""
+
+    def __init__(self, url: str, admin_token: str) -> None:
+        self.url = url.rstrip("/")
+        self.admin = httpx.Client(base_url=f"{self.url}/api/v1", timeout=600,
+                                  headers={"Authorization": f"Bearer {admin_token}"})
+        created = self.ok(self.admin.post("/users", json={"name": f"oracle-{os.getpid()}-{int(time.time())}",
+                                                          "role": "annotator"}))
+        self.oracle = httpx.Client(base_url=f"{self.url}/api/v1", timeout=600,
+                                   headers={"Authorization": f"Bearer {created['token']}"})
+
+    @staticmethod
+    def ok(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise RuntimeError(f"{response.request.method} {response.request.url.path}: "
+                               f"{response.status_code} {response.text}")
+        return response.json() if response.content else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def embedded_service(workdir: Path) -> Iterator[Service]:
+    """Start ``nextcase serve`` (embedded database, blob store and worker) in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "NEXTCASE_DATABASE_URL": f"sqlite:///{workdir.resolve()}/nextcase.db",
+           "NEXTCASE_BLOB_DIR": str(workdir.resolve() / "blobs"), "NEXTCASE_BROKER_URL": "",
+           "NEXTCASE_LOG_LEVEL": "WARNING"}
+    cli = [sys.executable, "-m", "app.cli"]
+    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
+    token = subprocess.run([*cli, "create-user", f"simulator-{int(time.time() * 1000)}", "--role", "admin"],
+                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    port = _free_port()
+    with (workdir / "server.log").open("ab") as server_log:
+        server = subprocess.Popen([*cli, "serve", "--port", str(port), "--no-demo"], env=env,
+                                  stdout=server_log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", server)
+        yield Service(f"http://127.0.0.1:{port}", token)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("the embedded NextCase server exited; see server.log in the work directory")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the embedded NextCase server did not become ready")
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    strategy: str
+    seed: int
+    rows: list[dict[str, Any]]
+    initial: list[str]
+    claimed: list[list[str]]
+
+
+class Run:
+    """One (strategy, seed) campaign in a project of its own."""
+
+    def __init__(self, service: Service, dataset: Any, cases: list[Case], protocol: Protocol, strategy: str,
+                 seed: int, tag: str) -> None:
+        self.s, self.protocol, self.strategy, self.seed = service, protocol, strategy, seed
+        self.cases = {c.name: c for c in cases}
+        self.splits = draw_splits(sorted(self.cases), protocol, seed)
+        project = service.ok(service.admin.post("/projects", json={
+            "name": f"sim-{tag}-{strategy}-seed{seed}", "modality": dataset.modality, "labels": dataset.labels}))
+        self.project_id, self.labels = int(project["id"]), list(dataset.labels)
+        self.ids: dict[str, int] = {}
+        self.names: dict[int, str] = {}
+
+    def _import(self) -> None:
+        for name, case in self.cases.items():
+            created = self.s.ok(self.s.admin.post(f"/projects/{self.project_id}/cases", data={"patient": name},
+                                                  files={"file": (f"{name}.nii.gz", case.image)}))
+            self.ids[name], self.names[int(created["id"])] = int(created["id"]), name
+
+    def _label(self, client: httpx.Client, name: str) -> None:
+        self.s.ok(client.put(f"/cases/{self.ids[name]}/label",
+                             files={"file": (f"{name}.nii.gz", self.cases[name].label)}))
+
+    def _set_split(self, name: str, split: str) -> None:
+        self.s.ok(self.s.admin.patch(f"/cases/{self.ids[name]}", json={"split": split}))
+
+    def prepare(self, labelled_pool: int) -> list[str]:
+        self._import()
+        for split, names in (("test", self.splits.test), ("validation", self.splits.val)):
+            for name in names:
+                self._set_split(name, split)
+                self._label(self.s.admin, name)
+        initial = self.splits.pool[:labelled_pool]
+        for name in initial:
+            self._label(self.s.admin, name)
+        return initial
+
+    def cycle(self, strategy: str) -> dict[str, Any]:
+        body = {**self.protocol.params, "strategy": strategy, "seed": self.seed}
+        started = time.monotonic()
+        cycle = self.s.ok(self.s.admin.post(f"/projects/{self.project_id}/cycles", json=body))
+        while cycle["status"] in ("queued", "running"):
+            time.sleep(1.0)
+            cycle = self.s.ok(self.s.admin.get(f"/cycles/{cycle['id']}"))
+        if cycle["status"] != "done":
+            raise RuntimeError(f"cycle {cycle['id']} {cycle['status']}: {cycle['error']}")
+        return {**cycle, "wall_time_s": round(time.monotonic() - started, 1)}
+
+    def annotate_next(self, n: int) -> list[str]:
+        """The oracle claims n cases from the queue and uploads their true masks."""
+        claimed = []
+        for _ in range(n):
+            r = self.s.oracle.post(f"/projects/{self.project_id}/queue/next")
+            if r.status_code == 204:
+                break
+            name = self.names[int(self.s.ok(r)["case"]["id"])]
+            self._label(self.s.oracle, name)
+            claimed.append(name)
+        return claimed
+
+    def row(self, cycle_index: int, cycle: dict[str, Any], labelled: int) -> dict[str, Any]:
+        test = cycle["metrics"].get("test") or {}
+        per_class = test.get("per_class") or {}
+        row: dict[str, Any] = {
+            "strategy": self.strategy, "seed": self.seed, "cycle": cycle_index, "labelled": labelled,
+            "labelled_fraction": round(labelled / len(self.splits.pool), 4),
+        }
+        row.update({f"dice_{name}": per_class.get(name) for name in self.labels[1:]})
+        row.update(mean_dice=test.get("mean_dice"), wall_time_s=cycle["wall_time_s"])
+        return row
+
+
+def run_campaign(service: Service, dataset: Any, cases: list[Case], protocol: Protocol, strategy: str, seed: int,
+                 tag: str, progress: Callable[[str], None]) -> RunResult:
+    run = Run(service, dataset, cases, protocol, strategy, seed, tag)
+    if strategy == FULL_POOL:
+        initial = run.prepare(len(run.splits.pool))
+        cycle = run.cycle("random")
+        progress(f"{strategy} seed {seed}: mean test Dice {cycle['metrics'].get('test', {}).get('mean_dice')}")
+        return RunResult(strategy, seed, [run.row(0, cycle, len(initial))], initial, [])
+    initial = run.prepare(protocol.initial)
+    labelled, rows, claimed_all = len(initial), [], []
+    for index in range(protocol.cycles + 1):
+        cycle = run.cycle(strategy)
+        rows.append(run.row(index, cycle, labelled))
+        progress(f"{strategy} seed {seed} cycle {index}: {labelled} labelled, "
+                 f"mean test Dice {rows[-1]['mean_dice']}, {cycle['wall_time_s']} s")
+        if index < protocol.cycles:
+            claimed = run.annotate_next(protocol.per_cycle)
+            claimed_all.append(claimed)
+            labelled += len(claimed)
+    return RunResult(strategy, seed, rows, initial, claimed_all)
+
+
+# --- the whole experiment ------------------------------------------------------------------------
+
+
+def runs_of(protocol: Protocol) -> list[tuple[str, int]]:
+    strategies = [*protocol.strategies, *([FULL_POOL] if protocol.full_pool else [])]
+    return [(strategy, seed) for seed in range(protocol.seeds) for strategy in strategies]
+
+
+def simulate(dataset_dir: Path, out: Path, protocol: Protocol, *, url: str | None, token: str | None,
+             progress: Callable[[str], None]) -> list[RunResult]:
+    """Run (or resume) every (strategy, seed) campaign; write results.csv, runs.json and the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "runs.json"
+    state: dict[str, Any] = (json.loads(state_path.read_text()) if state_path.exists()
+                             else {"protocol": asdict(protocol), "runs": []})
+    if state["protocol"] != asdict(protocol):
+        raise ValueError(f"{out} holds results of another protocol; choose another --out")
+    done = {(r["strategy"], r["seed"]) for r in state["runs"]}
+    todo = [run for run in runs_of(protocol) if run not in done]
+    if todo:
+        dataset = read_msd(dataset_dir)
+        progress(f"loading {len(dataset.pairs)} cases (resample x{protocol.resample})")
+        cases = load_cases(dataset_dir, protocol.resample)
+        with _service(url, token, out) as service:
+            for strategy, seed in todo:
+                result = run_campaign(service, dataset, cases, protocol, strategy, seed, _tag(), progress)
+                state["runs"].append(asdict(result))
+                state_path.write_text(json.dumps(state, indent=1))  # resumable after each run
+                write_csv(out / "results.csv", [row for r in state["runs"] for row in r["rows"]])
+    from app.report import write_report
+
+    write_report(out)
+    return [RunResult(**r) for r in state["runs"]]
+
+
+def _tag() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+@contextmanager
+def _service(url: str | None, token: str | None, out: Path) -> Iterator[Service]:
+    if url:
+        if not token:
+            raise ValueError("--url needs --token (an admin token of that server)")
+        yield Service(url, token)
+        return
+    with embedded_service(out / "service") as service:
+        yield service
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0])
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
