@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
+import ctypes
+import ctypes.util
 import signal
 import subprocess
 import sys
@@ -59,9 +60,14 @@ def start_embedded_worker() -> subprocess.Popen[bytes]:
 
     with db.session_scope() as session:
         fail_interrupted(session)
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "solo"])
-    atexit.register(_stop, proc)
-    return proc
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "solo"],
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends the worker SIGTERM when the server process dies, however it dies."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -91,13 +97,18 @@ def serve(
     token = _bootstrap_admin()
     host, port = host or settings.host, port or settings.port
     if token:
-        console.print(f"[bold]admin token[/bold] (shown once): {token}")
-        console.print(f"try: curl -H 'Authorization: Bearer {token}' http://{host}:{port}/api/v1/projects")
+        typer.echo(f"admin token (shown once): {token}")
+        typer.echo(f"try: curl -H 'Authorization: Bearer {token}' http://{host}:{port}/api/v1/projects")
     if demo and _needs_demo():
         _seed_demo(token, f"http://{host}:{port}", dataset)
-    if worker and settings.embedded_worker:
-        start_embedded_worker()
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_config=None)
+    child = start_embedded_worker() if worker and settings.embedded_worker else None
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets `finally` stop the worker.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_config=None)
+    finally:
+        if child is not None:
+            _stop(child)
 
 
 def _needs_demo() -> bool:
