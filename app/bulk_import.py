@@ -53,6 +53,26 @@ def read_msd(root: Path) -> MsdDataset:
     return MsdDataset(root, str(meta.get("name", root.name)), modality, labels, pairs)
 
 
+def msd_subset(source: Path, target: Path, *, count: int | None = None, labelled: int | None = None) -> Path:
+    """Write ``target/dataset.json`` naming the first ``count`` cases of ``source`` by absolute path.
+
+    Masks are kept for the first ``labelled`` of them (all when None), so importing it with labels
+    leaves the rest unlabelled. No image is copied.
+    """
+    meta = json.loads((source / "dataset.json").read_text())
+    meta["training"] = meta["training"][:count]
+    for i, entry in enumerate(meta["training"]):
+        entry["image"] = str((source / entry["image"]).resolve())
+        if "label" in entry and (labelled is None or i < labelled):
+            entry["label"] = str((source / entry["label"]).resolve())
+        else:
+            entry.pop("label", None)
+    meta["numTraining"] = len(meta["training"])
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return target
+
+
 def ensure_project(session: Session, name: str, dataset: MsdDataset) -> Project:
     project = projects.find_project(session, name)
     if project is None:

@@ -6,14 +6,13 @@ and two labelled validation cases, creates an annotator, and queues the first cy
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
 
 from app.auth import service as auth
-from app.bulk_import import import_msd, read_msd
+from app.bulk_import import import_msd, msd_subset, read_msd
 from app.core import db
 from app.core.storage import BlobStore
 from app.cycles import service as cycles
@@ -39,24 +38,11 @@ def needs_seeding() -> bool:
         return not session.scalar(select(func.count()).select_from(Project))
 
 
-def _labelled_subset(source: Path, target: Path, labelled: int) -> Path:
-    meta = json.loads((source / "dataset.json").read_text())
-    for i, entry in enumerate(meta["training"]):
-        for key in ("image", "label"):
-            if key in entry:
-                entry[key] = str((source / entry[key]).resolve())
-        if i >= labelled:
-            entry.pop("label", None)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "dataset.json").write_text(json.dumps(meta))
-    return target
-
-
 def seed(store: BlobStore, workdir: Path, dataset: Path | None = None, labelled: int = 8) -> Demo:
     """Import the demo data, create user 'annotator', queue cycle 1 (the caller enqueues it after commit)."""
     source = dataset or write_dataset(workdir / "phantoms", n=20, seed=0)
     name = DEMO_PROJECT if dataset is None else read_msd(dataset).name.replace(" ", "-").lower()
-    import_msd(name, _labelled_subset(source, workdir / "demo-import", labelled), store, with_labels=True)
+    import_msd(name, msd_subset(source, workdir / "demo-import", labelled=labelled), store, with_labels=True)
     with db.session_scope() as session:
         project = session.scalar(select(Project).where(Project.name == name))
         assert project is not None

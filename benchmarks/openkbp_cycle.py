@@ -21,22 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from app.bulk_import import msd_subset
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp-ct5"
-
-
-def subset(root: Path, labelled: int) -> Path:
-    meta = json.loads((DATA / "dataset.json").read_text())
-    target = root / "openkbp"
-    (target / "imagesTr").mkdir(parents=True)
-    (target / "labelsTr").mkdir()
-    for i, entry in enumerate(meta["training"]):
-        (target / entry["image"]).symlink_to(DATA / entry["image"])
-        if i < labelled:
-            (target / entry["label"]).symlink_to(DATA / entry["label"])
-        else:
-            del entry["label"]
-    (target / "dataset.json").write_text(json.dumps(meta))
-    return target
 
 
 def main() -> None:
@@ -53,7 +40,7 @@ def main() -> None:
     subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
     token = subprocess.run([*cli, "create-user", "bench-admin", "--role", "admin"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip()
-    data = subset(root, args.labelled + args.validation)
+    data = msd_subset(DATA, root / "openkbp", labelled=args.labelled + args.validation)
     start = time.perf_counter()
     subprocess.run([*cli, "import-msd", "openkbp", str(data), "--with-labels"], env=env, check=True,
                    capture_output=True)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.bulk_import import import_msd
+from app.bulk_import import import_msd, msd_subset
 from app.core.config import get_settings
 from app.core.storage import BlobStore
 from tests.conftest import Login, shared_data
@@ -59,20 +58,7 @@ def worker_process(broker: str, tmp_path: Path) -> Iterator[subprocess.Popen[byt
 
 
 def hippocampus_subset(tmp_path: Path, n: int, labelled: int) -> Path:
-    source = shared_data("msd-hippocampus")
-    meta = json.loads((source / "dataset.json").read_text())
-    subset = tmp_path / "hippo"
-    (subset / "imagesTr").mkdir(parents=True)
-    (subset / "labelsTr").mkdir()
-    meta["training"] = meta["training"][:n]
-    for i, entry in enumerate(meta["training"]):
-        (subset / entry["image"]).symlink_to(source / entry["image"])
-        if i < labelled:
-            (subset / entry["label"]).symlink_to(source / entry["label"])
-        else:
-            del entry["label"]
-    (subset / "dataset.json").write_text(json.dumps(meta))
-    return subset
+    return msd_subset(shared_data("msd-hippocampus"), tmp_path / "hippo", count=n, labelled=labelled)
 
 
 def wait_done(client: TestClient, login: Login, cycle_id: int, log: Path, timeout: float = 300) -> dict[str, Any]:

@@ -67,22 +67,13 @@ def test_whole_study_folder_is_several_series_and_rejected(client: TestClient, a
 
 def test_import_msd_with_labels_then_resume(settings_env: Path, tmp_path: Path) -> None:
     """The CLI's import on a 12-case slice of msd-hippocampus; a rerun skips what is there."""
-    import json
-
     from typer.testing import CliRunner
 
+    from app.bulk_import import msd_subset
     from app.cli import cli
 
     source = shared_data("msd-hippocampus")
-    meta = json.loads((source / "dataset.json").read_text())
-    subset = tmp_path / "hippo12"
-    (subset / "imagesTr").mkdir(parents=True)
-    (subset / "labelsTr").mkdir()
-    meta["training"] = meta["training"][:12]
-    for entry in meta["training"]:
-        for key in ("image", "label"):
-            (subset / entry[key]).symlink_to(source / entry[key])
-    (subset / "dataset.json").write_text(json.dumps(meta))
+    subset = msd_subset(source, tmp_path / "hippo12", count=12)
 
     result = CliRunner().invoke(cli, ["import-msd", "hippo", str(subset), "--with-labels"])
     assert result.exit_code == 0, result.output
