@@ -53,7 +53,7 @@ def project(live_server: str, admin: Login, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr("app.cycles.service.enqueue", sent.append)
     cycle = http.post(f"/projects/{project['id']}/cycles", json=TINY).json()
     pipeline.run_cycle(cycle["id"])
-    label_path = tmp_path / "C:\\Users\\annotator\\label.nii.gz".replace("\\", "_")
+    label_path = tmp_path / "C:\\Users\\annotator\\label.nii.gz"  # a Windows path: the client sends it whole
     label_path.write_bytes(encode(_image(cube_case(9)[1])))
     return {**project, "case_ids": ids, "unlabelled": ids[2:], "label_path": str(label_path),
             "base": f"{live_server}/monailabel/{project['id']}", "enqueued": sent}
@@ -222,6 +222,16 @@ def test_stale_content_length_on_get_does_not_hang(project: dict[str, Any], admi
                                                          "content-length": "57"})
     response = conn.getresponse()
     assert response.status == 200 and b'"labels"' in response.read()
+
+
+def test_ohif_style_train_start_and_raw_infer(project: dict[str, Any], admin: Login) -> None:
+    http = httpx.Client(base_url=project["base"], headers=admin.headers)
+    r = http.post("/train/", json={"segmentation": {"epochs": 1}})
+    assert r.status_code == 200 and r.json()["segmentation"]["result"]["status"] == "RUNNING"
+    assert http.get("/train/", params={"check_if_running": "true"}).json()["status"] == "RUNNING"
+    assert http.delete("/train/").json()["status"] == "STOPPED"
+    raw = http.post("/infer/segmentation", params={"image": f"case{project['unlabelled'][0]}", "output": "image"})
+    assert raw.status_code == 200 and raw.content.startswith(b"NRRD")
 
 
 def test_train_details_and_metric_types(project: dict[str, Any], admin: Login) -> None:
