@@ -10,6 +10,7 @@ previous model and queue in service.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import tempfile
 import time
@@ -89,7 +90,7 @@ def _enter(cycle_id: int, phase: str) -> bool:
             return False
         if cycle.status == "queued":
             cycle.status, cycle.started_at = "running", utcnow()
-        cycle.phase, cycle.worker = phase, f"{socket.gethostname()}:{__import__('os').getpid()}"
+        cycle.phase, cycle.worker = phase, f"{socket.gethostname()}:{os.getpid()}"
         return True
 
 
@@ -218,21 +219,28 @@ def _load_model(store: BlobStore, cycle: Cycle) -> Any:
 
 
 def evaluate(cycle_id: int, store: BlobStore) -> None:
+    """Dice per class on the validation split (top-level metrics) and on the test split (``test``)."""
+    cycle, project = _context(cycle_id)
+    model, meta = _load_model(store, cycle)
+    validation = _dice_on(store, model, meta, project, "validation")
+    metrics: dict[str, Any] = {"validation_cases": validation.pop("cases"), **validation}
+    test = _dice_on(store, model, meta, project, "test")
+    if test["cases"]:
+        metrics["test"] = test
+    _store_metrics(cycle_id, metrics)
+
+
+def _dice_on(store: BlobStore, model: Any, meta: Any, project: Project, split: str) -> dict[str, Any]:
     from worker.ml.inference import evaluate as evaluate_model
 
-    cycle, project = _context(cycle_id)
     with db.session_scope() as session:
-        pairs = _labelled(session, project.id, "validation")
+        pairs = _labelled(session, project.id, split)
     if not pairs:
-        _store_metrics(cycle_id, {"validation_cases": 0, "per_class": {}, "mean_dice": None,
-                                  "note": "no labelled case in the validation split"})
-        return
-    model, meta = _load_model(store, cycle)
+        return {"cases": 0, "per_class": {}, "mean_dice": None, "note": f"no labelled case in the {split} split"}
     images, labels = _arrays(store, pairs)
     result = evaluate_model(model, images, labels, project.modality, meta.params)
-    per_class = dict(zip(project.labels, result["per_class"], strict=True))
-    _store_metrics(cycle_id, {"validation_cases": len(pairs), "per_class": per_class,
-                              "mean_dice": result["mean_dice"]})
+    return {"cases": len(pairs), "per_class": dict(zip(project.labels, result["per_class"], strict=True)),
+            "mean_dice": result["mean_dice"]}
 
 
 def _store_metrics(cycle_id: int, metrics: dict[str, Any]) -> None:
