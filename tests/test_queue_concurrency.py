@@ -142,6 +142,7 @@ def test_claims_racing_a_ranking_switch_see_one_ranking(
     logins = [make_login(f"annotator{i:02d}", "annotator") for i in range(6)]
     log = Log()
     stop = threading.Event()
+    published = [0]
 
     def publisher() -> None:
         flip = False
@@ -149,14 +150,23 @@ def test_claims_racing_a_ranking_switch_see_one_ranking(
             scores = [(cid, float(cid if flip else -cid)) for cid in ids]
             with db.session_scope() as session:
                 publish_ranking(session, project_id, scores, kind="model", strategy="race-test")
+            published[0] += 1
             flip = not flip
 
     def drain(login: Login) -> None:
+        seen = 0
         with httpx.Client(base_url=live_server, headers=login.headers, timeout=60) as http:
             while (r := http.post(f"/api/v1/projects/{project_id}/queue/next")).status_code == 200:
                 body = r.json()
                 with log.lock:
                     log.claims.append((login.name, body["case"]["id"], body["ranking_id"], body["rank"]))
+                # Every few claims, let a publication land, so the run really spans several rankings
+                # however the scheduler favours claims or the publisher (claims still race it).
+                if len(log.claims) % 5 == 0:
+                    deadline = time.monotonic() + 5
+                    while published[0] == seen and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                    seen = published[0]
 
     thread = threading.Thread(target=publisher)
     thread.start()
