@@ -11,7 +11,9 @@ from app.models import Case, LabelVersion, Patient, User
 def get_case(session: Session, case_id: int, *, for_update: bool = False) -> Case | None:
     stmt = select(Case).where(Case.id == case_id, Case.deleted_at.is_(None))
     if for_update:
-        stmt = stmt.with_for_update(key_share=True)
+        # populate_existing: the row read under the lock must replace a copy this session loaded
+        # earlier, or a lease taken meanwhile by another transaction would be invisible here.
+        stmt = stmt.with_for_update(key_share=True).execution_options(populate_existing=True)
     return session.scalar(stmt)
 
 

@@ -126,7 +126,7 @@ def _live_lease(session: Session, token: str, user: User, now: dt.datetime) -> t
         raise Forbidden("this lease belongs to another annotator", field="token")
     # Lock order everywhere is case row, then lease row (claims and label uploads lock the case first);
     # taking the lease first here deadlocked against a claim ending the same expired lease.
-    case = session.get(Case, lease.case_id, with_for_update={"key_share": True})
+    case = session.get(Case, lease.case_id, with_for_update={"key_share": True}, populate_existing=True)
     assert case is not None
     session.refresh(lease, with_for_update={"key_share": True})
     if lease.ended_at is not None:
@@ -172,7 +172,7 @@ def check_and_end_lease(session: Session, case: Case, user: User) -> None:
             f"case {case.id} is leased by {holder.name if holder else lease.user_id} until "
             f"{lease.expires_at.isoformat()}", field="case_id")
     if lease.ended_at is None:
-        _close(lease, case, now, "labelled" if live else "expired")
+        _close(lease, case, now if live else min(now, lease.expires_at), "labelled" if live else "expired")
     else:
         case.lease_id, case.lease_expires_at = None, None
 
