@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import get_or_create_system_user
 from app.cases import service as cases
-from app.cases.imaging import UploadedFile
+from app.cases.imaging import UploadedFile, read_label_upload
 from app.core.db import session_scope
 from app.core.errors import Conflict, DomainError
 from app.core.storage import BlobStore
@@ -97,7 +97,7 @@ def import_msd(
     report = ImportReport()
     for image_path, label_path in dataset.pairs:
         try:
-            _import_one(project_name, image_path, label_path if with_labels else None, store)
+            _import_one(project_name, len(dataset.labels), image_path, label_path if with_labels else None, store)
             report.imported += 1
         except Conflict:
             report.skipped += 1
@@ -108,14 +108,20 @@ def import_msd(
     return report
 
 
-def _import_one(project_name: str, image_path: Path, label_path: Path | None, store: BlobStore) -> None:
-    # One transaction per case: the image and its label land together or not at all.
+def _import_one(
+    project_name: str, num_classes: int, image_path: Path, label_path: Path | None, store: BlobStore
+) -> None:
+    # Both files are validated before anything is stored; then one transaction per case, so the image
+    # and its label land together or not at all.
+    image = cases.decode_case([UploadedFile(image_path.name, image_path.read_bytes())])
+    mask = None
+    if label_path is not None:
+        label = UploadedFile(label_path.name, label_path.read_bytes())
+        mask = read_label_upload(label, image.geometry, num_classes)
     with session_scope() as session:
         project = projects.find_project(session, project_name)
         assert project is not None
         importer = get_or_create_system_user(session, IMPORTER)
-        upload = UploadedFile(image_path.name, image_path.read_bytes())
-        case = cases.ingest_case(session, store, project, patient_id_for(image_path), [upload], importer)
-        if label_path is not None:
-            label = UploadedFile(label_path.name, label_path.read_bytes())
-            cases.upload_label(session, store, case.id, project, label, importer)
+        case = cases.ingest_case(session, store, project, patient_id_for(image_path), image, importer)
+        if mask is not None:
+            cases.upload_label(session, store, case.id, mask, importer)

@@ -94,18 +94,20 @@ def serve(
     setup_logging(settings.log_level, settings.log_json)
     if settings.is_sqlite:
         migrate.upgrade(settings.database_url)
-    token = _bootstrap_admin()
+    development = settings.environment == "development"
+    token = _bootstrap_admin() if development else None  # production: `nextcase create-user`, no token in logs
     host, port = host or settings.host, port or settings.port
     if token:
         typer.echo(f"admin token (shown once): {token}")
         typer.echo(f"try: curl -H 'Authorization: Bearer {token}' http://{host}:{port}/api/v1/projects")
-    if demo and _needs_demo():
+    if demo and development and _needs_demo():
         _seed_demo(token, f"http://{host}:{port}", dataset)
     child = start_embedded_worker() if worker and settings.embedded_worker else None
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets `finally` stop the worker.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_config=None)
+        # access_log off: its lines carry raw paths (lease tokens); the app logs route templates instead.
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_config=None, access_log=False)
     finally:
         if child is not None:
             _stop(child)

@@ -39,6 +39,11 @@ def create_app() -> FastAPI:
 async def _limit_and_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     length = request.headers.get("content-length")
     limit = get_settings().max_upload_bytes
+    if request.method in ("POST", "PUT", "PATCH") and length is None and "chunked" in request.headers.get(
+            "transfer-encoding", ""):
+        # Without a length the size limit could only be enforced after spooling everything to disk.
+        return problem(411, "length-required", "Length required",
+                       "send uploads with a Content-Length header (chunked bodies are not accepted)", None)
     # Refuse before the body is read: the multipart parser would otherwise spool it all to disk.
     if length and length.isdigit() and int(length) > limit + 1024 * 1024:
         return problem(413, "upload-too-large", "Upload too large",

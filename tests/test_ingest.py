@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -170,3 +172,46 @@ def test_missing_patient_field_is_422(client: TestClient, admin: Login) -> None:
                     headers=admin.headers)
     assert r.status_code == 422
     assert r.json()["field"] == "patient"
+
+
+def test_zip_that_unpacks_over_the_limit_is_413(
+    client: TestClient, admin: Login, settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+
+    project = create_project(client, admin.headers)
+    monkeypatch.setenv("NEXTCASE_MAX_UPLOAD_MB", "1")
+    get_settings.cache_clear()
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.dcm", b"\0" * (3 * 2**20))  # a few KiB that unpack to 3 MiB
+    bomb = packed.getvalue()
+    before = snapshot(settings_env)
+    r = upload_case(client, admin.headers, project["id"], bomb, filename="bomb.zip")
+    assert r.status_code == 413 and r.json()["detail"].startswith("'bomb.zip' unpacks to 3.0 MiB")
+    assert snapshot(settings_env) == before
+
+
+def test_dicom_slices_of_different_sizes_are_400(client: TestClient, admin: Login, settings_env: Path) -> None:
+    project = create_project(client, admin.headers)
+    slices = dicom_slices(3)
+    odd = pydicom.dcmread(io.BytesIO(slices["slice001.dcm"]))
+    odd.Rows, odd.Columns = 5, 6
+    buf = io.BytesIO()
+    odd.save_as(buf)
+    slices["slice001.dcm"] = buf.getvalue()
+    before = snapshot(settings_env)
+    r = upload_case(client, admin.headers, project["id"], zip_files(slices), filename="series.zip")
+    assert (r.status_code, r.json()["detail"]) == (400, "the DICOM slices differ in size (Rows x Columns)")
+    assert snapshot(settings_env) == before
+
+
+def test_chunked_upload_without_length_is_411(client: TestClient, admin: Login) -> None:
+    project = create_project(client, admin.headers)
+
+    def body() -> Any:
+        yield b"--x\r\n"
+
+    r = client.post(f"/api/v1/projects/{project['id']}/cases", content=body(), headers={
+        **admin.headers, "content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 411

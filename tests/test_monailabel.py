@@ -241,3 +241,21 @@ def test_train_details_and_metric_types(project: dict[str, Any], admin: Login) -
     best = client.info()["train_stats"]["segmentation"]["best_metric"]
     assert isinstance(best, float)
     assert "total_time" in client.info()["train_stats"]["segmentation"]
+
+
+def test_malformed_client_input_is_422_not_500(project: dict[str, Any], admin: Login) -> None:
+    http = httpx.Client(base_url=project["base"], headers=admin.headers)
+    r = http.post("/train/segmentation", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"] == "body is not valid JSON"
+    r = http.post("/train/segmentation", json={"epochs": 0})
+    assert r.status_code == 422 and r.json()["field"] == "epochs"
+    sample = logged_in(project["base"], admin).next_sample("uncertainty", {})
+    with open(project["label_path"], "rb") as fh:
+        mask = fh.read()
+    r = http.put("/datastore/label", params={"image": sample["id"]}, data={"params": "[1, 2]"},
+                 files={"label": ("m.nii.gz", mask)})
+    assert r.status_code == 422 and r.json()["detail"] == "params must be a JSON object"
+    bad_info = '{"label_info": [{"name": "cube", "idx": "one"}]}'
+    r = http.put("/datastore/label", params={"image": sample["id"]}, data={"params": bad_info},
+                 files={"label": ("m.nii.gz", mask)})
+    assert r.status_code == 422 and r.json()["field"] == "params"

@@ -212,3 +212,15 @@ def test_unknown_lease_and_project(client: TestClient, annotator: Login) -> None
     r = client.post("/api/v1/projects/999/queue/next", headers=annotator.headers)
     assert r.status_code == 404 and r.json()["detail"] == "project 999 does not exist"
     assert client.post("/api/v1/projects/999/queue/next").status_code == 401
+
+
+def test_skipped_pinned_case_also_goes_to_the_back(
+    client: TestClient, project: dict[str, Any], annotator: Login, admin: Login, settings_env: Path
+) -> None:
+    ids, _ = bulk_cases(project["id"], 3, settings_env)
+    client.patch(f"/api/v1/cases/{ids[1]}", json={"pinned": True}, headers=admin.headers)
+    first = claim(client, annotator, project["id"]).json()
+    assert first["case"]["id"] == ids[1]
+    client.post(f"/api/v1/leases/{first['lease']['token']}/skip", json={"reason": "later"}, headers=annotator.headers)
+    order = [claim(client, annotator, project["id"]).json()["case"]["id"] for _ in range(3)]
+    assert order[-1] == ids[1] and sorted(order) == ids

@@ -20,7 +20,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from app.core.errors import GeometryMismatch, InvalidLabelValues, InvalidUpload, UnsupportedFormat
+from app.core.config import get_settings
+from app.core.errors import GeometryMismatch, InvalidLabelValues, InvalidUpload, UnsupportedFormat, UploadTooLarge
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 # Geometry tolerances for a label against its case. NIfTI stores geometry as float32 and viewers
@@ -156,6 +157,10 @@ def _unzip(upload: UploadedFile) -> list[UploadedFile]:
     try:
         with zipfile.ZipFile(io.BytesIO(upload.data)) as archive:
             members = [m for m in archive.infolist() if not m.is_dir() and not _is_junk(m.filename)]
+            unpacked = sum(m.file_size for m in members)
+            if unpacked > get_settings().max_upload_bytes:
+                raise UploadTooLarge(f"{upload.filename!r} unpacks to {unpacked / 2**20:.1f} MiB; the limit is "
+                                     f"NEXTCASE_MAX_UPLOAD_MB={get_settings().max_upload_mb}", field="file")
             files = [UploadedFile(m.filename, archive.read(m)) for m in members]
     except (zipfile.BadZipFile, OSError) as exc:
         raise InvalidUpload(f"{upload.filename!r} is not a readable zip archive", field="file") from exc
@@ -180,6 +185,13 @@ def _read_dicom(f: UploadedFile) -> pydicom.Dataset:
         raise InvalidUpload(f"{f.filename!r} lacks the DICOM attribute(s) {', '.join(missing)}", field="file")
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         raise InvalidUpload(f"{f.filename!r} is a multi-frame DICOM object; send single-frame slices", field="file")
+    try:
+        geometry_ok = len(ds.ImageOrientationPatient) == 6 and len(ds.ImagePositionPatient) == 3 and len(
+            ds.PixelSpacing) == 2 and all(float(v) for v in ds.PixelSpacing)
+    except (TypeError, ValueError):
+        geometry_ok = False
+    if not geometry_ok:
+        raise InvalidUpload(f"{f.filename!r} has malformed position, orientation or pixel spacing", field="file")
     return ds
 
 
@@ -198,7 +210,11 @@ def read_dicom_series(files: list[UploadedFile]) -> sitk.Image:
         raise InvalidUpload(f"the upload holds {len(series)} DICOM series; send one series per case", field="file")
     if len(datasets) < 2:
         raise InvalidUpload("a DICOM series needs at least 2 slices for a 3D volume", field="file")
+    if len({(int(d.Rows), int(d.Columns)) for d in datasets}) > 1:
+        raise InvalidUpload("the DICOM slices differ in size (Rows x Columns)", field="file")
     row, col = _orientation(datasets[0])
+    if any(not np.allclose(np.concatenate(_orientation(d)), np.concatenate((row, col)), atol=1e-3) for d in datasets):
+        raise InvalidUpload("the DICOM slices differ in orientation", field="file")
     normal = np.cross(row, col)
     ordered = sorted(datasets, key=lambda d: float(np.dot(normal, _position(d))))
     slice_spacing = _uniform_slice_spacing(ordered, normal)

@@ -33,9 +33,9 @@ def create_case(
     file: Annotated[list[UploadFile], File(description="one volume, one DICOM .zip, or the .dcm slices")],
     patient: Annotated[str, Form(description="the patient's external id; stored only as a keyed hash")],
 ) -> CasePublic:
-    uploads = _read(file)
+    image = service.decode_case(_read(file))  # before the transaction: SQLite holds its write lock for it
     project = get_project(session, project_id)
-    case = service.ingest_case(session, store, project, patient, uploads, user)
+    case = service.ingest_case(session, store, project, patient, image, user)
     return service.to_public(session, [case])[0]
 
 
@@ -89,10 +89,8 @@ def upload_label(
     user: UserDep,
     file: Annotated[UploadFile, File(description="label mask (.nii/.nii.gz/.nrrd/.mha) on the case's grid")],
 ) -> LabelVersionPublic:
-    upload = _read([file])[0]
-    case = service.get_case(session, case_id)
-    project = get_project(session, case.project_id)
-    lv = service.upload_label(session, store, case_id, project, upload, user, before_save=check_and_end_lease)
+    data = service.decode_label(case_id, _read([file])[0])
+    lv = service.upload_label(session, store, case_id, data, user, before_save=check_and_end_lease)
     return LabelVersionPublic(id=lv.id, case_id=lv.case_id, version=lv.version, author=user.name,
                               sha256=lv.sha256, created_at=lv.created_at)
 

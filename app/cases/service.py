@@ -12,13 +12,16 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.cases import repository as repo
-from app.cases.imaging import Geometry, UploadedFile, read_case_upload, read_label_upload
+from app.cases.imaging import CanonicalImage, Geometry, UploadedFile, read_case_upload, read_label_upload
 from app.cases.schemas import CasePublic, LabelVersionPublic
 from app.core.config import get_settings
+from app.core.db import session_scope
 from app.core.errors import Conflict, InvalidRequest, NotFound, UploadTooLarge
 from app.core.storage import BlobStore, StoredBlob
 from app.models import Case, LabelVersion, Patient, Project, User, utcnow
@@ -49,31 +52,55 @@ def get_or_create_patient(session: Session, project: Project, external_id: str) 
     patient = repo.find_patient(session, project.id, digest)
     if patient is None:
         patient = Patient(project_id=project.id, external_id_hash=digest, pseudonym=f"PT-{secrets.token_hex(5)}")
-        session.add(patient)
-        session.flush()
+        try:
+            with session.begin_nested():  # a concurrent upload may create the same patient
+                session.add(patient)
+        except IntegrityError:
+            patient = repo.find_patient(session, project.id, digest)
+            assert patient is not None
     return patient
 
 
 @contextmanager
-def _blob_rolled_back_on_error(store: BlobStore, blob: StoredBlob) -> Iterator[None]:
+def _blob_rolled_back_on_error(session: Session, store: BlobStore, blob: StoredBlob) -> Iterator[None]:
+    """If the rows of a blob this request wrote are not stored, remove the blob once the transaction is over.
+
+    Blobs are content-addressed, so a concurrent request with the same content may own it too: the
+    blob is removed only if no committed row uses it, checked after the rollback (on SQLite a second
+    transaction could not start while this one holds the write lock).
+    """
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         if blob.created:
-            store.delete(blob.key)
+            event.listen(session, "after_rollback", lambda _: _discard_unreferenced(store, blob.key), once=True)
+        if isinstance(exc, IntegrityError):  # a concurrent request stored the same row first
+            raise Conflict("a concurrent upload stored the same data first; reload and retry", field="file") from exc
         raise
 
 
+def _discard_unreferenced(store: BlobStore, key: str) -> None:
+    with session_scope() as other:
+        used = other.scalar(select(Case.id).where(Case.blob_key == key).limit(1)) or other.scalar(
+            select(LabelVersion.id).where(LabelVersion.blob_key == key).limit(1))
+    if not used:
+        store.delete(key)
+
+
+def decode_case(files: list[UploadedFile]) -> CanonicalImage:
+    """Validate and canonicalise an upload; touches no database (call it before opening a transaction)."""
+    check_upload_size(files)
+    return read_case_upload(files)
+
+
 def ingest_case(
-    session: Session, store: BlobStore, project: Project, patient_external_id: str, files: list[UploadedFile],
+    session: Session, store: BlobStore, project: Project, patient_external_id: str, image: CanonicalImage,
     user: User,
 ) -> Case:
-    check_upload_size(files)
     if not patient_external_id.strip():
         raise InvalidRequest("patient must not be empty", field="patient")
-    image = read_case_upload(files)
     blob = store.put(image.nifti, "nii.gz")
-    with _blob_rolled_back_on_error(store, blob):
+    with _blob_rolled_back_on_error(session, store, blob):
         existing = repo.find_case_by_sha(session, project.id, blob.sha256)
         if existing is not None:
             raise Conflict(f"this image is already case {existing.id} of the project", field="file")
@@ -110,16 +137,29 @@ def get_case(session: Session, case_id: int, *, for_update: bool = False) -> Cas
 LabelHook = Callable[[Session, Case, User], None]
 
 
-def upload_label(
-    session: Session, store: BlobStore, case_id: int, project: Project, upload: UploadedFile, user: User,
-    before_save: LabelHook | None = None,
-) -> LabelVersion:
-    """Store a new label version. ``before_save`` lets the queue refuse or end a lease atomically."""
+def decode_label(case_id: int, upload: UploadedFile) -> bytes:
+    """Validate a mask against its case in a short transaction of its own, then outside any transaction.
+
+    On SQLite every transaction holds the write lock; decoding a large mask must not hold it.
+    """
     check_upload_size([upload])
-    case = get_case(session, case_id)
-    data = read_label_upload(upload, case_geometry(case), num_classes=len(project.labels))
+    with session_scope() as peek:
+        case = get_case(peek, case_id)
+        project = peek.get(Project, case.project_id)
+        assert project is not None
+        geometry, num_classes = case_geometry(case), len(project.labels)
+    return read_label_upload(upload, geometry, num_classes)
+
+
+def upload_label(
+    session: Session, store: BlobStore, case_id: int, data: bytes, user: User, before_save: LabelHook | None = None,
+) -> LabelVersion:
+    """Store an already validated mask (see decode_label) as a new label version.
+
+    ``before_save`` lets the queue refuse or end a lease in the same transaction.
+    """
     blob = store.put(data, "nii.gz")
-    with _blob_rolled_back_on_error(store, blob):
+    with _blob_rolled_back_on_error(session, store, blob):
         case = get_case(session, case_id, for_update=True)  # serialise concurrent uploads of one case
         if before_save is not None:
             before_save(session, case, user)

@@ -7,7 +7,6 @@ from fastapi.responses import FileResponse
 
 from app.auth.deps import AdminDep, SessionDep, UserDep
 from app.cases.service import get_case
-from app.core.db import session_scope
 from app.core.storage import BlobStore, get_blob_store
 from app.cycles import service
 from app.cycles.schemas import CycleCreate, CyclePublic, ModelVersionPublic
@@ -21,14 +20,7 @@ StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 def start_cycle(
     project_id: int, session: SessionDep, admin: AdminDep, body: Annotated[CycleCreate | None, Body()] = None
 ) -> CyclePublic:
-    cycle = service.create_cycle(session, get_project(session, project_id), body or CycleCreate(), admin)
-    session.commit()  # enqueue after commit: the worker must find the row
-    try:
-        service.enqueue(cycle.id)
-    except service.BrokerUnavailable:
-        with session_scope() as other:
-            service.mark_failed(other, cycle.id, "the task broker was unreachable when the cycle was queued")
-        raise
+    cycle = service.start(session, get_project(session, project_id), body or CycleCreate(), admin)
     return CyclePublic.model_validate(cycle)
 
 

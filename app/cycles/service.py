@@ -65,6 +65,19 @@ def create_cycle(session: Session, project: Project, body: CycleCreate, user: Us
     return cycle
 
 
+def start(session: Session, project: Project, body: CycleCreate, user: User) -> Cycle:
+    """Create, commit, then enqueue; a broker failure marks the cycle failed so it frees the project's slot."""
+    cycle = create_cycle(session, project, body, user)
+    session.commit()  # enqueue after commit: the worker must find the row
+    try:
+        enqueue(cycle.id)
+    except BrokerUnavailable:
+        mark_failed(session, cycle.id, "the task broker was unreachable when the cycle was queued")
+        session.commit()
+        raise
+    return cycle
+
+
 def enqueue(cycle_id: int) -> None:
     """Send the task chain; called after the cycle row is committed (the worker must find it)."""
     from worker.tasks import cycle_chain

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
@@ -120,7 +121,8 @@ def datastore_image(
         found = service.case_by_capability(session, project, ref)
         if found is None:
             raise Unauthorized("this image needs a bearer token, or the id of your live lease on it")
-        case = found
+        case, holder = found
+        queue.touch(session, case, holder)  # Slicer's download counts as lease activity too
     return FileResponse(store.path(case.blob_key), media_type="application/gzip", filename=f"{image}.nii.gz")
 
 
@@ -132,11 +134,26 @@ def _label_upload(label_file: UploadFile) -> UploadedFile:
     return UploadedFile("label" + (".nrrd" if suffix == ".seg.nrrd" else suffix), label_file.file.read())
 
 
+def _json_object(raw: str | bytes, field: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{field} is not valid JSON", field=field) from exc
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field} must be a JSON object", field=field)
+    return value
+
+
 def _check_label_info(params: dict[str, Any], project: Project) -> None:
     expected = service.label_names(project)
-    for item in params.get("label_info") or []:
+    items = params.get("label_info") or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise InvalidRequest("label_info must be a list of {name, idx} objects", field="params")
+    for item in items:
         name, idx = item.get("name"), item.get("idx")
-        if name in expected and idx is not None and int(idx) != expected[name]:
+        if not isinstance(idx, int | None):
+            raise InvalidRequest(f"label_info idx {idx!r} is not a whole number", field="params")
+        if name in expected and idx is not None and idx != expected[name]:
             raise InvalidLabelValues(f"label {name!r} has value {idx} in the client but {expected[name]} in the "
                                      "project", field="label")
 
@@ -150,11 +167,12 @@ def save_label(
     """Submit a label: a new NextCase label version by the holder; completes the lease."""
     if tag not in ("", "final"):
         raise InvalidRequest(f"only final labels are stored; got tag {tag!r}", field="tag")
-    upload = _label_upload(label)
+    ref = service.parse_image_id(image)
+    data = cases.decode_label(ref.case_id, _label_upload(label))  # before this request's transaction
     project = get_project(session, project_id)
-    _check_label_info(json.loads(params or "{}"), project)
-    case = service.case_for(session, project, service.parse_image_id(image))
-    version = cases.upload_label(session, store, case.id, project, upload, user, before_save=queue.check_and_end_lease)
+    _check_label_info(_json_object(params, "params"), project)
+    case = service.case_for(session, project, ref)
+    version = cases.upload_label(session, store, case.id, data, user, before_save=queue.check_and_end_lease)
     return {"image": image, "label": f"case{case.id}", "tag": "final", "version": version.version,
             "author": user.name}
 
@@ -244,7 +262,12 @@ def infer(
 
 def _cycle_request(config: dict[str, Any]) -> CycleCreate:
     known = set(CycleCreate.model_fields)
-    return CycleCreate(**{k: v for k, v in config.items() if k in known})
+    try:
+        return CycleCreate(**{k: v for k, v in config.items() if k in known})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "params"
+        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from exc
 
 
 def _start_training(session: Session, project_id: int, user: User, config: dict[str, Any]) -> dict[str, Any]:
@@ -252,16 +275,11 @@ def _start_training(session: Session, project_id: int, user: User, config: dict[
     project = get_project(session, project_id)
     if service.active_cycle(session, project.id) is not None:
         raise service.TooManyRequests("a training cycle is already running for this project")
-    cycle = cycles.create_cycle(session, project, _cycle_request(config), user)
-    session.commit()
-    cycles.enqueue(cycle.id)
-    return service.task_json(cycle)
+    return service.task_json(cycles.start(session, project, _cycle_request(config), user))
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    data = json.loads(raw) if raw else {}
-    return data if isinstance(data, dict) else {}
+    return _json_object(await request.body(), "body")
 
 
 @router.post("/train/{model}")

@@ -57,16 +57,18 @@ def case_for(session: Session, project: Project, ref: ImageRef) -> Case:
     return case
 
 
-def case_by_capability(session: Session, project: Project, ref: ImageRef) -> Case | None:
-    """The case if ``ref`` carries the key of its live lease (the token-less download)."""
+def case_by_capability(session: Session, project: Project, ref: ImageRef) -> tuple[Case, User] | None:
+    """(case, lease holder) if ``ref`` carries the key of the case's live lease (the token-less download)."""
     if ref.key is None:
         return None
     case = session.get(Case, ref.case_id)
-    if case is None or case.project_id != project.id or case.lease_id is None:
+    if case is None or case.project_id != project.id or case.deleted_at is not None or case.lease_id is None:
         return None
     lease = session.get(Lease, case.lease_id)
-    live = lease is not None and lease.ended_at is None and lease.expires_at > utcnow()
-    return case if live and lease is not None and lease_key(lease) == ref.key else None
+    if lease is None or lease.ended_at is not None or lease.expires_at <= utcnow() or lease_key(lease) != ref.key:
+        return None
+    holder = session.get(User, lease.user_id)
+    return None if holder is None else (case, holder)
 
 
 def next_sample(session: Session, project: Project, user: User) -> dict[str, Any]:

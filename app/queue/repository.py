@@ -66,14 +66,15 @@ def pick_next(
     with_entry = select(Case, RankingEntry).outerjoin(RankingEntry, entry).where(*open_case_filter(project_id, now))
     fresh = [Case.id.not_in(skipped)] if skipped else []
     tiers = [
-        with_entry.where(Case.pinned == true()).order_by(RankingEntry.rank.is_(None), RankingEntry.rank, Case.id),
+        with_entry.where(Case.pinned == true(), *fresh)
+        .order_by(RankingEntry.rank.is_(None), RankingEntry.rank, Case.id),
         select(Case, RankingEntry).join(RankingEntry, entry)
         .where(*open_case_filter(project_id, now), *fresh).order_by(RankingEntry.rank),
         with_entry.where(*fresh, RankingEntry.case_id.is_(None)).order_by(Case.id),
     ]
     if skipped:
         tiers.append(with_entry.where(Case.id.in_(skipped))
-                     .order_by(RankingEntry.rank.is_(None), RankingEntry.rank, Case.id))
+                     .order_by(Case.pinned.desc(), RankingEntry.rank.is_(None), RankingEntry.rank, Case.id))
     for stmt in tiers:
         picked = _lock_first(session, stmt)
         if picked is not None:

@@ -193,9 +193,14 @@ def touch(session: Session, case: Case, user: User) -> None:
     """Extend the user's live lease on a case: clients without a heartbeat keep it by using the case."""
     if case.lease_id is None or case.lease_expires_at is None or case.lease_expires_at <= utcnow():
         return
-    lease = session.get(Lease, case.lease_id)
-    if lease is not None and lease.user_id == user.id and lease.ended_at is None:
-        lease.expires_at = case.lease_expires_at = utcnow() + lease_duration()
+    # Re-read under the row lock: a release or label upload may have ended the lease meanwhile.
+    locked = session.get(Case, case.id, with_for_update={"key_share": True}, populate_existing=True)
+    if locked is None or locked.lease_id is None or locked.lease_expires_at is None:
+        return
+    lease = session.get(Lease, locked.lease_id)
+    now = utcnow()
+    if lease is not None and lease.user_id == user.id and lease.ended_at is None and lease.expires_at > now:
+        lease.expires_at = locked.lease_expires_at = now + lease_duration()
 
 
 def set_queue_flags(session: Session, case: Case, user: User, *, pinned: bool | None, excluded: bool | None) -> None:
