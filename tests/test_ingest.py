@@ -139,14 +139,18 @@ def test_bad_upload_rejected_and_nothing_changes(
     assert snapshot(settings_env) == before
 
 
-def test_upload_over_limit_is_413_and_nothing_changes(
-    client: TestClient, admin: Login, settings_env: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def one_mib_limit(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from app.core.config import get_settings
 
-    project = create_project(client, admin.headers)
     monkeypatch.setenv("NEXTCASE_MAX_UPLOAD_MB", "1")
     get_settings.cache_clear()
+
+
+def test_upload_over_limit_is_413_and_nothing_changes(
+    client: TestClient, admin: Login, settings_env: Path, one_mib_limit: None
+) -> None:
+    project = create_project(client, admin.headers)
     big = encode(volume((40, 100, 100), dtype=np.float32), ".nii")  # ~1.5 MiB uncompressed
     before = snapshot(settings_env)
     r = upload_case(client, admin.headers, project["id"], big, filename="big.nii")
@@ -175,13 +179,9 @@ def test_missing_patient_field_is_422(client: TestClient, admin: Login) -> None:
 
 
 def test_zip_that_unpacks_over_the_limit_is_413(
-    client: TestClient, admin: Login, settings_env: Path, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, admin: Login, settings_env: Path, one_mib_limit: None
 ) -> None:
-    from app.core.config import get_settings
-
     project = create_project(client, admin.headers)
-    monkeypatch.setenv("NEXTCASE_MAX_UPLOAD_MB", "1")
-    get_settings.cache_clear()
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("a.dcm", b"\0" * (3 * 2**20))  # a few KiB that unpack to 3 MiB

@@ -53,14 +53,8 @@ class BlobStore:
     def read(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
-    def exists(self, key: str) -> bool:
-        return self.path(key).exists()
-
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
-
-    def count(self) -> int:
-        return sum(1 for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
 
     def check_writable(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

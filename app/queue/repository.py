@@ -43,10 +43,6 @@ def _entry_join(project_id: int) -> Any:
     return and_(RankingEntry.case_id == Case.id, RankingEntry.ranking_id == current_ranking_id_subquery(project_id))
 
 
-def _ranked_cases(project_id: int) -> Select[Case, RankingEntry]:
-    return select(Case, RankingEntry).outerjoin(RankingEntry, _entry_join(project_id))
-
-
 def _lock_first(session: Session, stmt: Select[Case, RankingEntry]) -> tuple[Case, RankingEntry | None] | None:
     # NO KEY UPDATE: a plain FOR UPDATE conflicts with the KEY SHARE locks that foreign-key checks
     # take while a new ranking is being written, and SKIP LOCKED would then wrongly report "empty".
