@@ -107,7 +107,7 @@ def test_corrupt_and_empty_label_files(
     r = upload_label(client, annotator.headers, case["id"], b"", "x.nii.gz")
     assert (r.status_code, r.json()["detail"]) == (400, "file 'x.nii.gz' is empty")
     r = upload_label(client, annotator.headers, case["id"], b"garbage", "x.mha")
-    expected = "could not read 'x.mha' as mha: the file is corrupt or truncated"
+    expected = "'x.mha' has no complete header: the file is corrupt or truncated"
     assert (r.status_code, r.json()["detail"]) == (400, expected)
     r = upload_label(client, annotator.headers, case["id"], b"garbage", "x.txt")
     assert r.status_code == 415

@@ -20,6 +20,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
+from app.cases.volume_files import check_volume_bytes
 from app.core.config import get_settings
 from app.core.errors import GeometryMismatch, InvalidLabelValues, InvalidUpload, UnsupportedFormat, UploadTooLarge
 
@@ -79,7 +80,9 @@ def read_case_upload(files: list[UploadedFile]) -> CanonicalImage:
     if len(files) == 1 and volume_suffix(files[0].filename):
         return _canonical(read_volume(files[0]), _format_name(files[0].filename))
     if len(files) == 1 and files[0].filename.lower().endswith(".zip"):
-        return _canonical(read_dicom_series(_unzip(files[0])), "dicom")
+        members = _unzip(files[0])
+        _require_safe_member_names(files[0].filename, members)
+        return _canonical(read_dicom_series(members), "dicom")
     if all(f.filename.lower().endswith(".dcm") for f in files):
         return _canonical(read_dicom_series(files), "dicom")
     names = ", ".join(repr(f.filename) for f in files)
@@ -104,6 +107,7 @@ def read_volume(upload: UploadedFile) -> sitk.Image:
         )
     if not upload.data:
         raise InvalidUpload(f"file {upload.filename!r} is empty", field="file")
+    check_volume_bytes(upload.filename, suffix, upload.data)
     with tempfile.TemporaryDirectory(prefix="nextcase-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(upload.data)
@@ -125,10 +129,29 @@ def _require_scalar_3d(image: sitk.Image, name: str) -> None:
         raise InvalidUpload(f"{name!r} has several components per voxel; one is required", field="file")
     if min(image.GetSize()) < 1:
         raise InvalidUpload(f"{name!r} has an empty dimension", field="file")
+    _require_valid_geometry(image, name)
+
+
+def _require_valid_geometry(image: sitk.Image, name: str) -> None:
+    spacing = image.GetSpacing()
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        shown = ", ".join(f"{v:g}" for v in spacing)
+        raise InvalidUpload(f"{name!r} has the voxel spacing [{shown}]; every spacing must be a positive, "
+                            "finite number", field="file")
+    if not all(np.isfinite(v) for v in (*image.GetOrigin(), *image.GetDirection())):
+        raise InvalidUpload(f"{name!r} has a non-finite origin or direction", field="file")
+
+
+def _require_finite_voxels(array: np.ndarray) -> None:
+    # ITK would store NaN as-is and training would turn it into zeros; a scan with NaN is broken data.
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InvalidUpload("the image holds NaN or infinite voxel values", field="file")
 
 
 def _canonical(image: sitk.Image, source_format: str) -> CanonicalImage:
+    _require_valid_geometry(image, "the image")
     array = sitk.GetArrayViewFromImage(image)
+    _require_finite_voxels(array)
     clean = sitk.GetImageFromArray(np.ascontiguousarray(array))
     clean.CopyInformation(image)  # geometry only: spacing, origin, direction
     return CanonicalImage(
@@ -167,6 +190,18 @@ def _unzip(upload: UploadedFile) -> list[UploadedFile]:
     if not files:
         raise InvalidUpload(f"{upload.filename!r} contains no files", field="file")
     return files
+
+
+def _require_safe_member_names(archive: str, members: list[UploadedFile]) -> None:
+    """Refuse archives whose member names are absolute or climb out of their folder.
+
+    Nothing is extracted to disk, but such names only come from hostile or broken archives.
+    """
+    for member in members:
+        parts = member.filename.replace("\\", "/").split("/")
+        if member.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise InvalidUpload(f"{archive!r} holds a member with an unsafe path (absolute or containing '..'); "
+                                "re-create the archive with relative names", field="file")
 
 
 def _is_junk(name: str) -> bool:
@@ -317,7 +352,8 @@ def check_label_values(values: np.ndarray, num_classes: int) -> None:
     bad = [int(v) for v in present if v < 0 or v >= num_classes]
     if bad:
         raise InvalidLabelValues(
-            f"label values {bad} are outside the project's classes 0..{num_classes - 1}", field="file"
+            f"label values {bad[:10]}{' …' if len(bad) > 10 else ''} are outside the project's classes "
+            f"0..{num_classes - 1}", field="file"
         )
 
 
