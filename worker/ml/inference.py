@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 
-from worker.ml.network import preserve_modes
+from worker.ml.network import WindowGrid, bottleneck_module, consistent_dropout_modules, preserve_modes
 from worker.ml.params import TrainParams
 from worker.ml.transforms import normalise
 
@@ -23,6 +24,7 @@ __all__ = [
     "predict_labels",
     "predict_probabilities",
     "sliding_window_probabilities",
+    "window_starts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,20 +37,38 @@ def default_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def window_starts(size: int, roi: int, overlap: float, align: int) -> list[int]:
+    """Window origins along one axis of a volume of ``size`` (a multiple of ``align``, >= ``roi``).
+
+    Origins are multiples of ``align`` (the UNet's total down-sampling), so every layer's dropout mask,
+    defined on the volume, can be cropped exactly under each window.
+    """
+    if size <= roi:
+        return [0]
+    step = max(align, int(roi * (1.0 - overlap)) // align * align)
+    starts = list(range(0, size - roi + 1, step))
+    if starts[-1] != size - roi:
+        starts.append(size - roi)
+    return starts
+
+
 def sliding_window_probabilities(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, embedding: list[torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Softmax probabilities over the whole volume, leaving the model's train/eval modes as they are.
 
     This is the shared core of plain prediction (eval mode) and MC-dropout passes (dropout in train mode);
-    the caller chooses the modes and the grad mode. The ROI is ``params.patch_size``. A volume smaller than
-    the ROI is padded with its minimum (as in training) and the result cropped back, so the output grid is
-    always the input grid.
+    the caller chooses the modes and the grad mode. The volume is padded with its minimum (as in
+    training) to at least the ROI (``params.patch_size``) and to a multiple of the UNet's down-sampling,
+    windows are placed on that lattice, window logits are averaged where windows overlap, and the result
+    is cropped back, so the output grid is always the input grid. Frozen dropout layers get a
+    :class:`WindowGrid`, so one MC pass is one sub-network for every voxel.
 
     Args:
         model: network on the target device mapping (B, 1, *roi) to logits (B, C, *roi).
         image_norm: (D, H, W) normalised image.
-        params: patch_size, sw_overlap and sw_batch_size are used.
+        params: patch_size, strides, sw_overlap and sw_batch_size are used.
+        embedding: if given, the bottleneck features averaged over space and windows are appended, (F,).
 
     Returns:
         (C, D, H, W) float32 probabilities on the model's device.
@@ -56,20 +76,59 @@ def sliding_window_probabilities(
     if image_norm.ndim != 3:
         raise ValueError(f"image_norm must be 3D (D, H, W), got shape {image_norm.shape}")
     device = next(model.parameters()).device
-    roi = params.patch_size
-    pads = [max(0, r - n) for r, n in zip(roi, image_norm.shape, strict=True)]
+    roi = tuple(int(r) for r in params.patch_size)
+    align = math.prod(params.strides)
+    target = tuple(max(r, -(-n // align) * align) for r, n in zip(roi, image_norm.shape, strict=True))
+    pads = [t - n for t, n in zip(target, image_norm.shape, strict=True)]
     image = np.asarray(image_norm, dtype=np.float32)
     if any(pads):
         widths = [(p // 2, p - p // 2) for p in pads]
         image = np.pad(image, widths, mode="constant", constant_values=float(image.min()))
     x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
-    logits = sliding_window_inference(
-        x, roi_size=roi, sw_batch_size=params.sw_batch_size, predictor=model, overlap=params.sw_overlap
-    )
-    assert isinstance(logits, torch.Tensor)
-    probs = torch.softmax(logits[0].float(), dim=0)
+    windows = list(itertools.product(*(window_starts(t, r, params.sw_overlap, align)
+                                       for t, r in zip(target, roi, strict=True))))
+    grid = WindowGrid(target, roi)  # type: ignore[arg-type]
+    logits = _blend_windows(model, x, windows, grid, params.sw_batch_size, embedding)
+    probs = torch.softmax(logits, dim=0)
     crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, image_norm.shape, strict=True))
-    return probs[(slice(None), *crop)].as_subclass(torch.Tensor)
+    return probs[(slice(None), *crop)].contiguous()
+
+
+def _blend_windows(
+    model: nn.Module, x: torch.Tensor, windows: list[tuple[int, ...]], grid: WindowGrid, batch: int,
+    embedding: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """(C, *volume) mean logits over the windows covering each voxel."""
+    dropouts = consistent_dropout_modules(model)
+    pooled: list[torch.Tensor] = []
+    hook = None
+    if embedding is not None:
+        hook = bottleneck_module(model).register_forward_hook(
+            lambda _m, _i, out: pooled.append(out.float().mean(dim=(2, 3, 4)).sum(dim=0)))
+    total: torch.Tensor | None = None
+    count = torch.zeros(grid.volume_shape, device=x.device)
+    for module in dropouts:
+        module.grid = grid
+    try:
+        for i in range(0, len(windows), batch):
+            chunk = windows[i: i + batch]
+            grid.offsets = [tuple(o) for o in chunk]  # type: ignore[misc]
+            boxes = [tuple(slice(o, o + r) for o, r in zip(origin, grid.roi, strict=True)) for origin in chunk]
+            out = model(torch.cat([x[(slice(None), slice(None), *box)] for box in boxes]))
+            if total is None:
+                total = torch.zeros((out.shape[1], *grid.volume_shape), device=x.device)
+            for box, window_logits in zip(boxes, out, strict=True):
+                total[(slice(None), *box)] += window_logits.float()
+                count[box] += 1
+    finally:
+        for module in dropouts:
+            module.grid = None
+        if hook is not None:
+            hook.remove()
+    assert total is not None
+    if embedding is not None:
+        embedding.append(torch.stack(pooled).sum(dim=0) / len(windows))
+    return total / count
 
 
 def predict_probabilities(

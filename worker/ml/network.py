@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ __all__ = [
     "DEFAULT_NORM",
     "ConsistentDropout",
     "NormSpec",
+    "WindowGrid",
+    "bottleneck_module",
     "build_unet",
     "consistent_dropout_modules",
     "dropout_modules",
@@ -30,15 +33,38 @@ NormSpec = str | tuple[str, dict[str, Any]]
 DEFAULT_NORM: NormSpec = "instance"
 
 
+@dataclass
+class WindowGrid:
+    """Where the windows of one sliding-window call sit in the (padded) volume.
+
+    Frozen :class:`ConsistentDropout` modules that hold a grid define their masks on the whole volume
+    and apply to each window the part of the mask under that window. A voxel covered by several windows
+    is then computed by the same sub-network in each of them: one sub-network per MC pass for the whole
+    volume. (A mask fixed in *window* coordinates would not do: overlapping windows place different mask
+    elements on the same voxel, and blending the windows mixes sub-networks, shrinking the variance
+    where windows overlap.)
+
+    Args:
+        volume_shape: (D, H, W) of the padded volume; a multiple of every layer's down-sampling factor.
+        roi: (D, H, W) of one window.
+        offsets: the windows of the current network call, one (d, h, w) origin per batch element; every
+            origin is a multiple of every layer's down-sampling factor.
+    """
+
+    volume_shape: tuple[int, int, int]
+    roi: tuple[int, int, int]
+    offsets: list[tuple[int, int, int]] = field(default_factory=list)
+
+
 class ConsistentDropout(nn.Module):
     """Element-wise dropout that can hold one mask fixed across many forward calls.
 
     Unfrozen (the default) it behaves exactly like ``nn.Dropout``: a fresh mask per call, kept units scaled
-    by ``1 / (1 - p)``. Frozen (see :meth:`freeze`), the first call in train mode draws one mask of shape
-    ``(1, C, *spatial)`` from the given ``torch.Generator`` and every later call reuses it, broadcast over the
-    batch, until :meth:`resample` is called. An MC-dropout pass therefore applies the same sub-network to
-    every sliding window: with per-call masks, voxels covered by several overlapping windows would average
-    several sub-networks within a single pass, shrinking their variance relative to the other voxels.
+    by ``1 / (1 - p)``. Frozen (see :meth:`freeze`), the first call in train mode draws one mask from the
+    given ``torch.Generator`` and every later call reuses it until :meth:`resample` is called. Without a
+    :class:`WindowGrid` the mask has the input's shape ``(1, C, *spatial)`` and is broadcast over the batch;
+    with a grid (set as :attr:`grid` by sliding-window inference) the mask covers the whole volume at this
+    layer's resolution and each window gets its own crop, so every voxel sees one sub-network per pass.
 
     The mask is drawn on the CPU and then moved to the input's device, so a given generator seed yields the
     same masks on CPU and CUDA. In eval mode, or with ``p == 0``, the module is the identity and draws
@@ -56,6 +82,7 @@ class ConsistentDropout(nn.Module):
         self._frozen = False
         self._generator: torch.Generator | None = None
         self._mask: torch.Tensor | None = None
+        self.grid: WindowGrid | None = None
 
     @property
     def frozen(self) -> bool:
@@ -105,6 +132,8 @@ class ConsistentDropout(nn.Module):
             return x
         if not self._frozen:
             return F.dropout(x, self.p, training=True)
+        if self.grid is not None:
+            return x * self._volume_mask_crops(x, self.grid)
         if self._mask is None:
             self._mask = self._draw_mask(x)
         elif self._mask.shape[1:] != x.shape[1:]:
@@ -113,6 +142,25 @@ class ConsistentDropout(nn.Module):
                 f"shape {tuple(x.shape[1:])}; call resample() before changing the input shape"
             )
         return x * self._mask
+
+    def _volume_mask_crops(self, x: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+        """(B, C, *spatial) scaled mask: for each window, the volume mask under it."""
+        factor = [r // s for r, s in zip(grid.roi, x.shape[2:], strict=True)]
+        if any(r % s for r, s in zip(grid.roi, x.shape[2:], strict=True)):
+            raise RuntimeError(f"window {grid.roi} is not a whole multiple of the layer's input {tuple(x.shape[2:])}")
+        full = (x.shape[1], *(v // f for v, f in zip(grid.volume_shape, factor, strict=True)))
+        if self._mask is None or tuple(self._mask.shape) != full:
+            if self._mask is not None:
+                raise RuntimeError(f"ConsistentDropout holds a volume mask of shape {tuple(self._mask.shape)} but "
+                                   f"the volume needs {full}; call resample() between volumes")
+            keep = torch.rand(full, generator=self._generator, device="cpu") >= self.p
+            self._mask = keep.to(x.device)  # bool: a 128^3 x 16-channel mask is 32 MiB
+        if len(grid.offsets) != x.shape[0]:
+            raise RuntimeError(f"the grid names {len(grid.offsets)} window(s) for a batch of {x.shape[0]}")
+        crops = [self._mask[(slice(None), *(slice(o // f, o // f + s) for o, f, s in
+                                            zip(offset, factor, x.shape[2:], strict=True)))]
+                 for offset in grid.offsets]
+        return torch.stack(crops).to(x.dtype) / (1.0 - self.p)
 
     def _draw_mask(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, *x.shape[1:])
@@ -199,6 +247,12 @@ def _encoder_decoder_parts(model: UNet) -> tuple[list[nn.Module], list[nn.Module
 
 def _is_level(block: nn.Module) -> bool:
     return isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], SkipConnection)
+
+
+def bottleneck_module(model: nn.Module) -> nn.Module:
+    """The innermost block of a MONAI UNet (the bottleneck), whose output embeds a case (core-set selection)."""
+    assert isinstance(model, UNet)
+    return _encoder_decoder_parts(model)[0][-1]
 
 
 def dropout_modules(model: nn.Module) -> list[nn.Module]:
