@@ -99,6 +99,12 @@ def activelearning(project_id: int, strategy: str, session: SessionDep, user: Us
 
 
 def _optional_user(request: Request) -> User | None:
+    """The bearer's user, or None without a bearer header; a bad token is 401.
+
+    A dependency, so it runs before the route touches the request's session: on SQLite the first
+    statement of that session takes the write lock, and authenticating in a second session after
+    it would wait for the lock this same request holds (60 s, then "database is locked").
+    """
     try:
         bearer_token(request)
     except Unauthorized:
@@ -106,14 +112,16 @@ def _optional_user(request: Request) -> User | None:
     return current_user(request)
 
 
+OptionalUserDep = Annotated[User | None, Depends(_optional_user)]
+
+
 @route("GET", "/datastore/image", response_class=FileResponse)
 def datastore_image(
-    project_id: int, request: Request, session: SessionDep, store: StoreDep, image: str = Query(...)
+    project_id: int, user: OptionalUserDep, session: SessionDep, store: StoreDep, image: str = Query(...)
 ) -> FileResponse:
     """The case image. Slicer downloads it without a token: the lease-scoped id is the credential."""
     project = get_project(session, project_id)
     ref = service.parse_image_id(image)
-    user = _optional_user(request)
     if user is not None:
         case = service.case_for(session, project, ref)
         queue.touch(session, case, user)
