@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import FileResponse
 
 from app.auth.deps import AdminDep, SessionDep, UserDep
@@ -36,8 +36,12 @@ def list_cycles(project_id: int, session: SessionDep, _: UserDep) -> list[CycleP
 
 
 @router.delete("/cycles/{cycle_id}", response_model=CyclePublic)
-def cancel_cycle(cycle_id: int, session: SessionDep, admin: AdminDep) -> CyclePublic:
-    return CyclePublic.model_validate(service.cancel(session, service.get_cycle(session, cycle_id), admin))
+def cancel_cycle(
+    cycle_id: int, session: SessionDep, admin: AdminDep,
+    force: Annotated[bool, Query(description="end a running cycle now instead of at its worker's next check "
+                                             "(for a worker that hangs or is gone)")] = False,
+) -> CyclePublic:
+    return CyclePublic.model_validate(service.cancel(session, service.get_cycle(session, cycle_id), admin, force))
 
 
 @router.get("/projects/{project_id}/models", response_model=list[ModelVersionPublic])

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import DomainError, NotFound
+from app.cycles.service import fail_stale
 from app.models import ACTIVE_CYCLE_STATES, Case, Cycle, Lease, ModelVersion, Project, User, utcnow
 from app.queue import service as queue
 
@@ -102,6 +103,7 @@ def label_names(project: Project) -> dict[str, int]:
 
 
 def latest_cycle(session: Session, project_id: int) -> Cycle | None:
+    fail_stale(session, project_id=project_id)
     return session.scalar(select(Cycle).where(Cycle.project_id == project_id).order_by(Cycle.id.desc()).limit(1))
 
 
@@ -169,6 +171,7 @@ def task_json(cycle: Cycle) -> dict[str, Any]:
 
 
 def active_cycle(session: Session, project_id: int) -> Cycle | None:
+    fail_stale(session, project_id=project_id)
     return session.scalar(select(Cycle).where(Cycle.project_id == project_id,
                                               Cycle.status.in_(ACTIVE_CYCLE_STATES)))
 
