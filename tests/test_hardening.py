@@ -54,3 +54,68 @@ def test_garbage_bearer_on_facade_image_does_not_freeze_sqlite(
     assert "garbage" in results and "other" in results, "a request timed out (the write lock was held)"
     _is_problem(results["garbage"], 401)
     assert results["other"].status_code == 200
+
+
+# --- integers beyond the database's range, NUL bytes -------------------------------------------
+
+HUGE = (2**63, 2**31)
+
+
+def _int_params(operation: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in operation.get("parameters", [])
+            if p["in"] in ("path", "query") and p.get("schema", {}).get("type") == "integer"]
+
+
+def _fill(path: str, operation: dict[str, Any], values: dict[str, int]) -> tuple[str, dict[str, str]]:
+    """The URL and query with ``values`` for the named integers, 1 for the others and plausible strings."""
+    query: dict[str, str] = {}
+    for p in operation.get("parameters", []):
+        if p["in"] not in ("path", "query"):
+            continue
+        integer = p.get("schema", {}).get("type") == "integer"
+        value = str(values.get(p["name"], 1)) if integer else (
+            f"case{values.get('case', 1)}" if p["name"] in ("image", "label") else "x")
+        if p["in"] == "path":
+            path = path.replace("{" + p["name"] + "}", value)
+        elif integer or p.get("required"):
+            query[p["name"]] = value
+    return path, query
+
+
+def _operations(app: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(path, method, op) for path, item in app.openapi()["paths"].items() for method, op in item.items()]
+
+
+def test_integers_beyond_the_column_range_are_4xx_problems(client: Any, admin: Login) -> None:
+    project = client.post("/api/v1/projects", json={"name": "p", "modality": "CT", "labels": ["background", "x"]},
+                          headers=admin.headers).json()
+    assert project["id"] == 1  # so the other integers (1) name something that exists
+    checked = 0
+    for path, method, op in _operations(client.app):
+        names = [p["name"] for p in _int_params(op)]
+        # monailabel image ids carry a case id too
+        names += ["case"] if any(p["name"] in ("image", "label") for p in op.get("parameters", [])) else []
+        for name in names:
+            for value in HUGE:
+                url, query = _fill(path, op, {name: value})
+                r = client.request(method.upper(), url, params=query, headers=admin.headers)
+                assert r.status_code < 500 and r.status_code >= 400, (method, url, query, r.status_code, r.text)
+                _is_problem(r, r.status_code)
+                checked += 1
+    assert checked >= 40  # the walk found the routes
+
+
+@pytest.mark.parametrize("method,suffix", [("POST", "/renew"), ("DELETE", ""), ("POST", "/skip")])
+def test_nul_byte_in_a_lease_token_is_4xx(client: Any, admin: Login, method: str, suffix: str) -> None:
+    r = client.request(method, f"/api/v1/leases/abc%00def{suffix}", headers=admin.headers, json={"reason": "x"})
+    assert r.status_code in (404, 422), r.text
+    _is_problem(r, r.status_code)
+
+
+def test_nul_byte_in_a_stored_text_is_422_and_stores_nothing(client: Any, admin: Login) -> None:
+    r = client.post("/api/v1/projects", json={"name": "a\u0000b", "modality": "CT", "labels": ["background", "x"]},
+                    headers=admin.headers)
+    assert r.status_code in (201, 422), r.text  # SQLite stores NUL; PostgreSQL cannot
+    if r.status_code == 422:
+        _is_problem(r, 422)
+        assert client.get("/api/v1/projects", headers=admin.headers).json() == []

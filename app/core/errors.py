@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -92,6 +93,13 @@ def install_handlers(app: FastAPI) -> None:
         field = ".".join(loc) or None
         detail = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid"))
         return problem(422, "invalid-request", "Invalid request", detail, field)
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value (a NUL byte or an out-of-range number in a field no schema bounds).
+        # The request's transaction is rolled back by its session; the value itself is not echoed.
+        return problem(422, "invalid-request", "Invalid request",
+                       "a value in the request cannot be stored (out of range, or contains a NUL byte)", None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

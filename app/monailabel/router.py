@@ -29,6 +29,7 @@ from app.cases import service as cases
 from app.cases.imaging import UploadedFile, read_nifti
 from app.core.db import session_scope
 from app.core.errors import InvalidLabelValues, InvalidRequest, NotFound, Unauthorized
+from app.core.params import Id
 from app.core.storage import BlobStore, get_blob_store
 from app.cycles import service as cycles
 from app.cycles.schemas import CycleCreate
@@ -59,13 +60,13 @@ def route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any]
 
 
 @route("GET", "/auth/")
-def auth_info(project_id: int) -> dict[str, Any]:
+def auth_info(project_id: Id) -> dict[str, Any]:
     return {"enabled": True, "client_id": "nextcase", "realm": f"nextcase-project-{project_id}"}
 
 
 @route("POST", "/auth/token")
 def auth_token(
-    project_id: int, username: Annotated[str, Form()], password: Annotated[str, Form()],
+    project_id: Id, username: Annotated[str, Form()], password: Annotated[str, Form()],
     grant_type: Annotated[str, Form()] = "password",
 ) -> dict[str, Any]:
     """Log in with the NextCase user name and one of that user's API tokens as the password."""
@@ -77,7 +78,7 @@ def auth_token(
 
 
 @route("GET", "/auth/token/valid")
-def auth_token_valid(project_id: int, user: UserDep) -> dict[str, Any]:
+def auth_token_valid(project_id: Id, user: UserDep) -> dict[str, Any]:
     return {"valid": True, "username": user.name}
 
 
@@ -85,12 +86,12 @@ def auth_token_valid(project_id: int, user: UserDep) -> dict[str, Any]:
 
 
 @route("GET", "/info/")
-def info(project_id: int, session: SessionDep, _: UserDep) -> dict[str, Any]:
+def info(project_id: Id, session: SessionDep, _: UserDep) -> dict[str, Any]:
     return service.info(session, get_project(session, project_id))
 
 
 @route("POST", "/activelearning/{strategy}")
-def activelearning(project_id: int, strategy: str, session: SessionDep, user: UserDep) -> dict[str, Any]:
+def activelearning(project_id: Id, strategy: str, session: SessionDep, user: UserDep) -> dict[str, Any]:
     # Every strategy name (including OHIF's default "random") serves the project's one ranking.
     return service.next_sample(session, get_project(session, project_id), user)
 
@@ -117,7 +118,7 @@ OptionalUserDep = Annotated[User | None, Depends(_optional_user)]
 
 @route("GET", "/datastore/image", response_class=FileResponse)
 def datastore_image(
-    project_id: int, user: OptionalUserDep, session: SessionDep, store: StoreDep, image: str = Query(...)
+    project_id: Id, user: OptionalUserDep, session: SessionDep, store: StoreDep, image: str = Query(...)
 ) -> FileResponse:
     """The case image. Slicer downloads it without a token: the lease-scoped id is the credential."""
     project = get_project(session, project_id)
@@ -168,7 +169,7 @@ def _check_label_info(params: dict[str, Any], project: Project) -> None:
 
 @route("PUT", "/datastore/label")
 def save_label(
-    project_id: int, session: SessionDep, store: StoreDep, user: UserDep,
+    project_id: Id, session: SessionDep, store: StoreDep, user: UserDep,
     label: Annotated[UploadFile, File()], image: str = Query(...), tag: str = Query(""),
     params: Annotated[str, Form()] = "{}",
 ) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def save_label(
 
 
 @route("GET", "/datastore/")
-def datastore(project_id: int, session: SessionDep, user: UserDep, output: str = Query("")) -> dict[str, Any]:
+def datastore(project_id: Id, session: SessionDep, user: UserDep, output: str = Query("")) -> dict[str, Any]:
     """Lean: the caller's leased cases under the ids they were given, each with its label names."""
     project = get_project(session, project_id)
     names = service.label_names(project)
@@ -203,7 +204,7 @@ def datastore(project_id: int, session: SessionDep, user: UserDep, output: str =
 
 @route("GET", "/datastore/label")
 def datastore_label(
-    project_id: int, session: SessionDep, store: StoreDep, user: UserDep, label: str = Query(...),
+    project_id: Id, session: SessionDep, store: StoreDep, user: UserDep, label: str = Query(...),
     tag: str = Query("final"),
 ) -> Response:
     """Latest label version; with tag=original and no label yet, the current model's prediction."""
@@ -251,7 +252,7 @@ def _multipart(params: dict[str, Any], filename: str, data: bytes) -> Response:
 
 @router.post("/infer/{model}")
 def infer(
-    project_id: int, model: str, session: SessionDep, store: StoreDep, user: UserDep, image: str = Query(...),
+    project_id: Id, model: str, session: SessionDep, store: StoreDep, user: UserDep, image: str = Query(...),
     output: str = Query(""),
 ) -> Response:
     """The current model's label map on the served image's grid, as uint8 NRRD."""
@@ -292,7 +293,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 @router.post("/train/{model}")
 def train_model(
-    project_id: int, model: str, session: SessionDep, user: UserDep,
+    project_id: Id, model: str, session: SessionDep, user: UserDep,
     body: Annotated[dict[str, Any], Depends(_json_body)],
 ) -> dict[str, Any]:
     return _start_training(session, project_id, user, body)
@@ -300,7 +301,7 @@ def train_model(
 
 @route("POST", "/train/")
 def train_all(
-    project_id: int, session: SessionDep, user: UserDep, body: Annotated[dict[str, Any], Depends(_json_body)],
+    project_id: Id, session: SessionDep, user: UserDep, body: Annotated[dict[str, Any], Depends(_json_body)],
 ) -> dict[str, Any]:
     config = body.get(service.MODEL_NAME) or next((v for v in body.values() if isinstance(v, dict)), {})
     return {service.MODEL_NAME: {"result": _start_training(session, project_id, user, config), "detail": ""}}
@@ -308,7 +309,7 @@ def train_all(
 
 @route("GET", "/train/")
 def train_status(
-    project_id: int, session: SessionDep, _: UserDep, check_if_running: bool = Query(False)
+    project_id: Id, session: SessionDep, _: UserDep, check_if_running: bool = Query(False)
 ) -> Any:
     get_project(session, project_id)
     if check_if_running:
@@ -323,7 +324,7 @@ def train_status(
 
 
 @route("DELETE", "/train/")
-def train_stop(project_id: int, session: SessionDep, user: UserDep) -> Any:
+def train_stop(project_id: Id, session: SessionDep, user: UserDep) -> Any:
     auth.require_role(user, "admin")
     active = service.active_cycle(session, project_id)
     if active is None:
