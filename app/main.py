@@ -15,6 +15,7 @@ from app.cases.router import router as cases_router
 from app.core import db
 from app.core.config import get_settings
 from app.core.errors import install_handlers, problem
+from app.core.logging import keep_identifiers_out_of_library_output
 from app.core.storage import get_blob_store
 from app.cycles.router import router as cycles_router
 from app.monailabel.router import router as monailabel_router
@@ -28,6 +29,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="NextCase", version="0.1.0",
                   description="Decides which 3D image an annotator should label next.")
     install_handlers(app)
+    keep_identifiers_out_of_library_output()
     for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, monailabel_router):
         app.include_router(router)
     app.middleware("http")(_limit_and_log)

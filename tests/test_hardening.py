@@ -119,3 +119,34 @@ def test_nul_byte_in_a_stored_text_is_422_and_stores_nothing(client: Any, admin:
     if r.status_code == 422:
         _is_problem(r, 422)
         assert client.get("/api/v1/projects", headers=admin.headers).json() == []
+
+
+# --- DICOM values stay out of logs ---------------------------------------------------------------
+
+MALFORMED_UID = "1.2.826.0.1.3680043.8.498.ABCDEF" + ".99999" * 12  # letters and over 64 characters
+
+
+def test_malformed_dicom_uid_never_reaches_logs_or_warnings(
+    client: Any, admin: Login, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+    import warnings
+
+    from tests.factories import create_project, dicom_slices, upload_case, zip_files
+
+    project = create_project(client, admin.headers, labels=("background", "x"), modality="MR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # writing the malformed test data warns too: not under test
+        data = zip_files(dicom_slices(5, series_uid=MALFORMED_UID))
+    capfd.readouterr()
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = upload_case(client, admin.headers, project["id"], data, filename="series.zip")
+    assert r.status_code == 201, r.text
+    out, err = capfd.readouterr()
+    # whatever pydicom still logs (or warns, through logging.captureWarnings) has its text withheld
+    logging.getLogger("pydicom").warning("Invalid value for VR UI: %r", MALFORMED_UID)
+    logging.getLogger("py.warnings").warning("%s", f"UserWarning: Invalid value for VR UI: {MALFORMED_UID!r}")
+    leaked = [str(w.message) for w in caught] + [rec.getMessage() for rec in caplog.records] + [out, err]
+    assert not [text for text in leaked if "ABCDEF" in text], leaked
