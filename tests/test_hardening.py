@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -150,3 +151,51 @@ def test_malformed_dicom_uid_never_reaches_logs_or_warnings(
     logging.getLogger("py.warnings").warning("%s", f"UserWarning: Invalid value for VR UI: {MALFORMED_UID!r}")
     leaked = [str(w.message) for w in caught] + [rec.getMessage() for rec in caplog.records] + [out, err]
     assert not [text for text in leaked if "ABCDEF" in text], leaked
+
+
+# --- smaller items ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_mib_limit(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.core.config import get_settings
+
+    monkeypatch.setenv("NEXTCASE_MAX_UPLOAD_MB", "1")
+    get_settings.cache_clear()
+
+
+def _lying_zip_bomb(inflated: int, declared: int) -> bytes:
+    """A one-member zip of ``inflated`` zero bytes whose headers declare ``declared`` bytes."""
+    import io
+    import struct
+    import zipfile
+
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.dcm", b"\0" * inflated)
+    data = bytearray(packed.getvalue())
+    local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+    struct.pack_into("<I", data, local + 22, declared)  # uncompressed size, local file header
+    struct.pack_into("<I", data, central + 24, declared)  # uncompressed size, central directory
+    return bytes(data)
+
+
+def test_zip_bomb_with_a_lying_size_is_413_without_inflating(
+    client: Any, admin: Login, settings_env: Path, one_mib_limit: None
+) -> None:
+    import tracemalloc
+
+    from tests.factories import create_project, snapshot, upload_case
+
+    project = create_project(client, admin.headers)
+    bomb = _lying_zip_bomb(64 * 2**20, declared=100)  # 64 KiB that inflate to 64 MiB, "100 bytes"
+    before = snapshot(settings_env)
+    tracemalloc.start()
+    try:
+        r = upload_case(client, admin.headers, project["id"], bomb, filename="bomb.zip")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    _is_problem(r, 413)
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB: the member was inflated"
+    assert snapshot(settings_env) == before
