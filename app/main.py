@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.auth.middleware import AuthenticateUploadsFirst
 from app.auth.router import router as auth_router
 from app.cases.router import router as cases_router
 from app.core import db
@@ -32,6 +33,7 @@ def create_app() -> FastAPI:
     keep_identifiers_out_of_library_output()
     for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, monailabel_router):
         app.include_router(router)
+    app.add_middleware(AuthenticateUploadsFirst)  # inside _limit_and_log: the 401 is logged too
     app.middleware("http")(_limit_and_log)
     app.get("/healthz", tags=["ops"])(healthz)
     app.get("/readyz", tags=["ops"])(readyz)

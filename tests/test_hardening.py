@@ -199,3 +199,32 @@ def test_zip_bomb_with_a_lying_size_is_413_without_inflating(
     _is_problem(r, 413)
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB: the member was inflated"
     assert snapshot(settings_env) == before
+
+
+def _answer_before_body(base: str, path: str, headers: dict[str, str]) -> bytes:
+    """Send the headers of a 20 MB multipart upload and 1 KB of it; return what the server answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(base)
+    boundary = "nextcaseboundary"
+    head = [f"PUT {path} HTTP/1.1", f"Host: {url.netloc}", "Content-Length: 20000000",
+            f"Content-Type: multipart/form-data; boundary={boundary}", *[f"{k}: {v}" for k, v in headers.items()]]
+    with socket.create_connection((url.hostname, url.port), timeout=PROMPT_S) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + f"--{boundary}\r\n".encode() + b"x" * 1024)
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            return b""  # the server is still waiting for the rest of the body
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-token"}], ids=["missing", "invalid"])
+def test_upload_without_a_valid_token_is_401_before_the_body(
+    live_server: str, database_url: str, headers: dict[str, str]
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("HTTP behaviour; one database is enough")
+    for path in ("/api/v1/cases/1/label", "/monailabel/1/datastore/label?image=case1"):
+        answer = _answer_before_body(live_server, path, headers)
+        assert answer.startswith(b"HTTP/1.1 401"), (path, answer[:200])
+        assert b"application/problem+json" in answer
