@@ -228,3 +228,28 @@ def test_upload_without_a_valid_token_is_401_before_the_body(
         answer = _answer_before_body(live_server, path, headers)
         assert answer.startswith(b"HTTP/1.1 401"), (path, answer[:200])
         assert b"application/problem+json" in answer
+
+
+def test_token_less_image_download_does_not_extend_the_lease(client: Any, admin: Login, annotator: Login) -> None:
+    from sqlalchemy import select
+
+    from app.core import db
+    from app.models import Lease
+    from tests.factories import create_project, encode, upload_case, volume
+
+    project = create_project(client, admin.headers)
+    assert upload_case(client, admin.headers, project["id"], encode(volume())).status_code == 201
+    base = f"/monailabel/{project['id']}"
+    sample = client.post(f"{base}/activelearning/random", headers=annotator.headers).json()
+
+    def expiry() -> Any:
+        with db.session_scope() as session:
+            return session.scalar(select(Lease.expires_at).where(Lease.ended_at.is_(None)))
+
+    before = expiry()
+    time.sleep(0.05)  # any extension would move the expiry by at least this
+    r = client.get(f"{base}/datastore/image", params={"image": sample["id"]})  # no token: the capability id
+    assert r.status_code == 200
+    assert expiry() == before
+    client.get(f"{base}/datastore/image", params={"image": sample["id"]}, headers=annotator.headers)
+    assert expiry() > before  # the holder's authenticated use still keeps it
