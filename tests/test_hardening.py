@@ -253,3 +253,10 @@ def test_token_less_image_download_does_not_extend_the_lease(client: Any, admin:
     assert expiry() == before
     client.get(f"{base}/datastore/image", params={"image": sample["id"]}, headers=annotator.headers)
     assert expiry() > before  # the holder's authenticated use still keeps it
+
+
+def test_405_keeps_its_allow_header(client: Any, admin: Login) -> None:
+    r = client.delete("/api/v1/projects", headers=admin.headers)
+    _is_problem(r, 405)
+    allowed = set(r.headers["allow"].replace(" ", "").split(","))
+    assert {"GET", "POST"} <= allowed and "DELETE" not in allowed

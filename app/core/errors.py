@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 
 class DomainError(Exception):
@@ -69,7 +70,10 @@ class Forbidden(DomainError):
     status, type, title = 403, "forbidden", "Forbidden"
 
 
-def problem(status: int, type_: str, title: str, detail: str, field: str | None = None) -> JSONResponse:
+def problem(
+    status: int, type_: str, title: str, detail: str, field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": f"https://nextcase.dev/problems/{type_}",
         "title": title,
@@ -77,7 +81,7 @@ def problem(status: int, type_: str, title: str, detail: str, field: str | None 
         "detail": detail,
         "field": field,
     }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
@@ -102,5 +106,18 @@ def install_handlers(app: FastAPI) -> None:
                        "a value in the request cannot be stored (out of range, or contains a NUL byte)", None)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, "http-error", str(exc.detail), str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # RFC 9110: a 405 says what is allowed. Starlette names only the first route on the path.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(exc.status_code, "http-error", str(exc.detail), str(exc.detail), headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route fully matches on this path (asked of the router, so included routers count)."""
+    def allowed(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
+
+    return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE") if allowed(m)]
