@@ -260,3 +260,32 @@ def test_405_keeps_its_allow_header(client: Any, admin: Login) -> None:
     _is_problem(r, 405)
     allowed = set(r.headers["allow"].replace(" ", "").split(","))
     assert {"GET", "POST"} <= allowed and "DELETE" not in allowed
+
+
+@pytest.mark.parametrize("syntax,name", [("1.2.840.10008.1.2.4.70", "JPEG Lossless"),
+                                         ("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless")])
+def test_undecodable_dicom_compression_is_refused_naming_the_syntax(
+    client: Any, admin: Login, settings_env: Path, syntax: str, name: str
+) -> None:
+    import io
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from tests.factories import create_project, dicom_slices, snapshot, upload_case, zip_files
+
+    slices = {}
+    for key, raw in dicom_slices(3).items():
+        ds = pydicom.dcmread(io.BytesIO(raw))
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = encapsulate([b"\xff\xd8 not really a compressed frame \xff\xd9"])
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        slices[key] = buf.getvalue()
+    project = create_project(client, admin.headers)
+    before = snapshot(settings_env)
+    r = upload_case(client, admin.headers, project["id"], zip_files(slices), filename="series.zip")
+    assert r.status_code in (400, 415), r.text
+    _is_problem(r, r.status_code)
+    assert name in r.json()["detail"]
+    assert snapshot(settings_env) == before

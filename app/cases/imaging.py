@@ -271,7 +271,9 @@ def _slice_pixels(ds: pydicom.Dataset) -> np.ndarray:
     try:
         pixels = ds.pixel_array.astype(np.float64)
     except Exception as exc:  # pydicom raises many types for missing handlers / bad data
-        raise InvalidUpload("a DICOM slice has pixel data that cannot be decoded", field="file") from exc
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)  # name it: the sender can convert
+        raise InvalidUpload("a DICOM slice has pixel data that cannot be decoded"
+                            + (f" (transfer syntax {syntax.name}, {syntax})" if syntax else ""), field="file") from exc
     if pixels.ndim != 2:
         raise InvalidUpload("a DICOM slice is not a single-channel 2D image", field="file")
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
