@@ -6,9 +6,11 @@ from app.audit import service as audit
 from app.auth import service
 from app.auth.deps import AdminDep, SessionDep, UserDep
 from app.auth.schemas import NewToken, TokenPublic, UserCreate, UserPublic, UserWithToken
+from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id
 
-router = APIRouter(prefix="/api/v1", tags=["users"])
+router = APIRouter(prefix="/api/v1", tags=["users"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 409))
 
 
 @router.get("/users/me", response_model=UserPublic)

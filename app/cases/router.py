@@ -10,12 +10,14 @@ from app.cases import repository as repo
 from app.cases import service
 from app.cases.imaging import UploadedFile
 from app.cases.schemas import CasePage, CasePatch, CasePublic, LabelVersionPublic, Split, Status
+from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, Offset, Version
 from app.core.storage import BlobStore, get_blob_store
 from app.projects.service import get_project
 from app.queue.service import check_and_end_lease, set_queue_flags
 
-router = APIRouter(prefix="/api/v1", tags=["cases"])
+router = APIRouter(prefix="/api/v1", tags=["cases"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 400, 409, 410, 411, 413, 415))
 StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 NIFTI = "application/gzip"
 

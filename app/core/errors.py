@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -68,6 +69,36 @@ class Unauthorized(DomainError):
 
 class Forbidden(DomainError):
     status, type, title = 403, "forbidden", "Forbidden"
+
+
+class Problem(BaseModel):
+    """The body of every error answer (RFC 9457), media type application/problem+json."""
+
+    type: str = Field(description="URI naming the kind of problem")
+    title: str
+    status: int
+    detail: str
+    field: str | None = Field(None, description="the request field at fault, when there is one")
+
+
+_DESCRIPTIONS = {
+    400: "Invalid input (e.g. an unreadable upload)", 401: "Missing or invalid bearer token",
+    403: "The token's user lacks the role", 404: "No such resource", 409: "Conflicts with the current state",
+    410: "The lease has expired or ended", 411: "Upload without Content-Length", 413: "Upload too large",
+    415: "Unsupported file format", 422: "Invalid request parameters or body", 429: "A training cycle is running",
+    503: "A backing service (task broker) is unavailable",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries: each status answered with a problem body."""
+    schema = Problem.model_json_schema()
+    return {status: {"description": _DESCRIPTIONS[status], "content": {"application/problem+json": {"schema": schema}}}
+            for status in statuses}
+
+
+# Every authenticated route can answer these.
+COMMON_PROBLEMS = (401, 403, 404, 422)
 
 
 def problem(

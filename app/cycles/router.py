@@ -7,13 +7,15 @@ from fastapi.responses import FileResponse
 
 from app.auth.deps import AdminDep, SessionDep, UserDep
 from app.cases.service import get_case
+from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id
 from app.core.storage import BlobStore, get_blob_store
 from app.cycles import service
 from app.cycles.schemas import CycleCreate, CyclePublic, ModelVersionPublic
 from app.projects.service import get_project
 
-router = APIRouter(prefix="/api/v1", tags=["cycles"])
+router = APIRouter(prefix="/api/v1", tags=["cycles"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 409, 503))
 StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 
 

@@ -28,7 +28,14 @@ from app.auth.deps import SessionDep, bearer_token, current_user
 from app.cases import service as cases
 from app.cases.imaging import UploadedFile, read_nifti
 from app.core.db import session_scope
-from app.core.errors import InvalidLabelValues, InvalidRequest, NotFound, Unauthorized
+from app.core.errors import (
+    COMMON_PROBLEMS,
+    InvalidLabelValues,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    problem_responses,
+)
 from app.core.params import Id
 from app.core.storage import BlobStore, get_blob_store
 from app.cycles import service as cycles
@@ -38,7 +45,8 @@ from app.monailabel import service
 from app.projects.service import get_project
 from app.queue import service as queue
 
-router = APIRouter(prefix="/monailabel/{project_id}", tags=["monailabel"])
+router = APIRouter(prefix="/monailabel/{project_id}", tags=["monailabel"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 400, 409, 410, 411, 413, 415, 429, 503))
 UserDep = Annotated[User, Depends(current_user)]
 StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")

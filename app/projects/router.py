@@ -4,11 +4,13 @@ from fastapi import APIRouter, Query
 
 from app.audit import service as audit
 from app.auth.deps import AdminDep, SessionDep, UserDep
+from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, Offset
 from app.projects import service
 from app.projects.schemas import ProjectCreate, ProjectPublic
 
-router = APIRouter(prefix="/api/v1", tags=["projects"])
+router = APIRouter(prefix="/api/v1", tags=["projects"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 409))
 
 
 @router.post("/projects", response_model=ProjectPublic, status_code=201)

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Query, Response
 from app.auth.deps import SessionDep, UserDep
 from app.cases import repository as case_repo
 from app.cases import service as case_service
+from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, LeaseToken, Offset
 from app.models import Lease, Ranking, utcnow
 from app.projects.service import get_project
@@ -21,7 +22,8 @@ from app.queue.schemas import (
     SkipRequest,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["queue"])
+router = APIRouter(prefix="/api/v1", tags=["queue"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 409, 410))
 
 
 def _lease_public(lease: Lease) -> LeasePublic:
