@@ -10,11 +10,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.auth.middleware import AuthenticateUploadsFirst
 from app.auth.router import router as auth_router
 from app.cases.router import router as cases_router
 from app.core import db
 from app.core.config import get_settings
 from app.core.errors import install_handlers, problem
+from app.core.logging import keep_identifiers_out_of_library_output
 from app.core.storage import get_blob_store
 from app.cycles.router import router as cycles_router
 from app.monailabel.router import router as monailabel_router
@@ -28,8 +30,10 @@ def create_app() -> FastAPI:
     app = FastAPI(title="NextCase", version="0.1.0",
                   description="Decides which 3D image an annotator should label next.")
     install_handlers(app)
+    keep_identifiers_out_of_library_output()
     for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, monailabel_router):
         app.include_router(router)
+    app.add_middleware(AuthenticateUploadsFirst)  # inside _limit_and_log: the 401 is logged too
     app.middleware("http")(_limit_and_log)
     app.get("/healthz", tags=["ops"])(healthz)
     app.get("/readyz", tags=["ops"])(readyz)

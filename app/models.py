@@ -227,6 +227,8 @@ class Cycle(Base):
     trained_case_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    # Written every few seconds by the worker while a phase runs: a silent worker is a dead one.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     model_version_id: Mapped[int | None] = mapped_column(Integer, default=None)
     ranking_id: Mapped[int | None] = mapped_column(Integer, default=None)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)

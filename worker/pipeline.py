@@ -13,15 +13,18 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from app.core import db
+from app.core.config import get_settings
 from app.core.storage import BlobStore, get_blob_store
 from app.models import Case, CaseScore, Cycle, LabelVersion, ModelVersion, Project, utcnow
 from app.queue.service import publish_ranking
@@ -50,7 +53,8 @@ def run_phase(cycle_id: int, phase: str, store: BlobStore | None = None) -> None
         return
     started = time.perf_counter()
     try:
-        PHASE_FUNCTIONS[phase](cycle_id, store)
+        with _heartbeat(cycle_id):
+            PHASE_FUNCTIONS[phase](cycle_id, store)
     except CycleCancelled:
         _finish(cycle_id, "cancelled", f"cancelled by an admin during {phase}")
         log.info("cycle cancelled", extra={"cycle_id": cycle_id, "phase": phase})
@@ -63,6 +67,39 @@ def run_phase(cycle_id: int, phase: str, store: BlobStore | None = None) -> None
     with db.session_scope() as session:
         cycle = _get(session, cycle_id)
         cycle.timings = {**cycle.timings, phase: round(time.perf_counter() - started, 3)}
+
+
+@contextmanager
+def _heartbeat(cycle_id: int) -> Iterator[None]:
+    """Write the cycle's heartbeat from a thread while a phase runs.
+
+    The API fails a running cycle whose heartbeat is older than NEXTCASE_CYCLE_HEARTBEAT_TIMEOUT_S,
+    so a killed worker frees its project long before the broker would redeliver the task. A thread,
+    not the progress callbacks: one epoch or one scored case can take longer than the bound.
+    """
+    stop = threading.Event()
+    interval = get_settings().cycle_heartbeat_interval_s
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                _beat(cycle_id)
+            except Exception:  # a missed beat is retried; it must not kill the phase
+                log.warning("cycle heartbeat not written", extra={"cycle_id": cycle_id}, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"cycle-{cycle_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval + 60)
+
+
+def _beat(cycle_id: int) -> None:
+    with db.session_scope() as session:
+        session.execute(update(Cycle).where(Cycle.id == cycle_id, Cycle.status == "running")
+                        .values(heartbeat_at=utcnow()))
 
 
 def _get(session: Any, cycle_id: int) -> Cycle:
@@ -91,6 +128,7 @@ def _enter(cycle_id: int, phase: str) -> bool:
         if cycle.status == "queued":
             cycle.status, cycle.started_at = "running", utcnow()
         cycle.phase, cycle.worker = phase, f"{socket.gethostname()}:{os.getpid()}"
+        cycle.heartbeat_at = utcnow()
         return True
 
 

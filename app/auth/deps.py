@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.auth import service
@@ -13,6 +14,8 @@ from app.core.errors import Unauthorized
 from app.models import User
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+# Declares the bearer scheme in OpenAPI (the Authorize button of /docs); the token is checked below.
+BEARER = HTTPBearer(auto_error=False, description="an API token: Authorization: Bearer <token>")
 
 
 def bearer_token(request: Request) -> str:
@@ -23,7 +26,9 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-def current_user(request: Request) -> User:
+def current_user(
+    request: Request, _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None
+) -> User:
     # A short transaction of its own: on SQLite every transaction holds the write lock, and the
     # request's main session should not take it before the upload has been validated.
     token = bearer_token(request)

@@ -177,14 +177,29 @@ def read_nifti(data: bytes) -> sitk.Image:
 
 
 def _unzip(upload: UploadedFile) -> list[UploadedFile]:
+    limit = get_settings().max_upload_bytes
+    too_large = f"the limit is NEXTCASE_MAX_UPLOAD_MB={get_settings().max_upload_mb}"
     try:
         with zipfile.ZipFile(io.BytesIO(upload.data)) as archive:
             members = [m for m in archive.infolist() if not m.is_dir() and not _is_junk(m.filename)]
             unpacked = sum(m.file_size for m in members)
-            if unpacked > get_settings().max_upload_bytes:
-                raise UploadTooLarge(f"{upload.filename!r} unpacks to {unpacked / 2**20:.1f} MiB; the limit is "
-                                     f"NEXTCASE_MAX_UPLOAD_MB={get_settings().max_upload_mb}", field="file")
-            files = [UploadedFile(m.filename, archive.read(m)) for m in members]
+            if unpacked > limit:
+                raise UploadTooLarge(f"{upload.filename!r} unpacks to {unpacked / 2**20:.1f} MiB; {too_large}",
+                                     field="file")
+            files, total = [], 0
+            for m in members:
+                # The declared sizes may lie, and ZipFile.read inflates a member in one call: read in
+                # chunks, counting what really comes out, and stop at the limit. zipfile would stop at
+                # the declared size (then fail the CRC), so it is raised beyond anything read here.
+                m.file_size, chunks = limit + 2 * 2**20, []
+                with archive.open(m) as member:
+                    while chunk := member.read(2**20):
+                        total += len(chunk)
+                        if total > limit:
+                            raise UploadTooLarge(f"{upload.filename!r} unpacks to over {limit / 2**20:.1f} MiB; "
+                                                 f"{too_large}", field="file")
+                        chunks.append(chunk)
+                files.append(UploadedFile(m.filename, b"".join(chunks)))
     except (zipfile.BadZipFile, OSError) as exc:
         raise InvalidUpload(f"{upload.filename!r} is not a readable zip archive", field="file") from exc
     if not files:
@@ -291,7 +306,9 @@ def _slice_pixels(ds: pydicom.Dataset) -> np.ndarray:
     try:
         pixels = ds.pixel_array.astype(np.float64)
     except Exception as exc:  # pydicom raises many types for missing handlers / bad data
-        raise InvalidUpload("a DICOM slice has pixel data that cannot be decoded", field="file") from exc
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)  # name it: the sender can convert
+        raise InvalidUpload("a DICOM slice has pixel data that cannot be decoded"
+                            + (f" (transfer syntax {syntax.name}, {syntax})" if syntax else ""), field="file") from exc
     if pixels.ndim != 2:
         raise InvalidUpload("a DICOM slice is not a single-channel 2D image", field="file")
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)

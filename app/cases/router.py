@@ -10,11 +10,14 @@ from app.cases import repository as repo
 from app.cases import service
 from app.cases.imaging import UploadedFile
 from app.cases.schemas import CasePage, CasePatch, CasePublic, LabelVersionPublic, Split, Status
+from app.core.errors import COMMON_PROBLEMS, problem_responses
+from app.core.params import Id, Offset, Version
 from app.core.storage import BlobStore, get_blob_store
 from app.projects.service import get_project
 from app.queue.service import check_and_end_lease, set_queue_flags
 
-router = APIRouter(prefix="/api/v1", tags=["cases"])
+router = APIRouter(prefix="/api/v1", tags=["cases"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 400, 409, 410, 411, 413, 415))
 StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 NIFTI = "application/gzip"
 
@@ -26,7 +29,7 @@ def _read(files: list[UploadFile]) -> list[UploadedFile]:
 
 @router.post("/projects/{project_id}/cases", response_model=CasePublic, status_code=201)
 def create_case(
-    project_id: int,
+    project_id: Id,
     session: SessionDep,
     store: StoreDep,
     user: AdminDep,
@@ -41,13 +44,13 @@ def create_case(
 
 @router.get("/projects/{project_id}/cases", response_model=CasePage)
 def list_cases(
-    project_id: int,
+    project_id: Id,
     session: SessionDep,
     _: UserDep,
     status: Status | None = None,
     split: Split | None = None,
     limit: int = Query(50, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> CasePage:
     get_project(session, project_id)
     cases, total = repo.list_cases(session, project_id, status, split, limit, offset)
@@ -55,12 +58,12 @@ def list_cases(
 
 
 @router.get("/cases/{case_id}", response_model=CasePublic)
-def get_case(case_id: int, session: SessionDep, _: UserDep) -> CasePublic:
+def get_case(case_id: Id, session: SessionDep, _: UserDep) -> CasePublic:
     return service.to_public(session, [service.get_case(session, case_id)])[0]
 
 
 @router.patch("/cases/{case_id}", response_model=CasePublic)
-def patch_case(case_id: int, body: CasePatch, session: SessionDep, admin: AdminDep) -> CasePublic:
+def patch_case(case_id: Id, body: CasePatch, session: SessionDep, admin: AdminDep) -> CasePublic:
     case = service.get_case(session, case_id, for_update=True)
     if body.split is not None:
         service.set_split(session, case, body.split, admin)
@@ -70,20 +73,20 @@ def patch_case(case_id: int, body: CasePatch, session: SessionDep, admin: AdminD
 
 
 @router.delete("/cases/{case_id}", status_code=204)
-def delete_case(case_id: int, session: SessionDep, admin: AdminDep) -> Response:
+def delete_case(case_id: Id, session: SessionDep, admin: AdminDep) -> Response:
     service.delete_case(session, service.get_case(session, case_id, for_update=True), admin)
     return Response(status_code=204)
 
 
 @router.get("/cases/{case_id}/image", response_class=FileResponse)
-def download_image(case_id: int, session: SessionDep, store: StoreDep, _: UserDep) -> FileResponse:
+def download_image(case_id: Id, session: SessionDep, store: StoreDep, _: UserDep) -> FileResponse:
     case = service.get_case(session, case_id)
     return FileResponse(store.path(case.blob_key), media_type=NIFTI, filename=f"case-{case.id}.nii.gz")
 
 
 @router.put("/cases/{case_id}/label", response_model=LabelVersionPublic, status_code=201)
 def upload_label(
-    case_id: int,
+    case_id: Id,
     session: SessionDep,
     store: StoreDep,
     user: UserDep,
@@ -97,7 +100,7 @@ def upload_label(
 
 @router.get("/cases/{case_id}/label", response_class=Response)
 def download_label(
-    case_id: int, session: SessionDep, store: StoreDep, _: UserDep, version: int | None = Query(None, ge=1)
+    case_id: Id, session: SessionDep, store: StoreDep, _: UserDep, version: Version = None
 ) -> Response:
     case = service.get_case(session, case_id)
     lv, data = service.label_bytes(session, store, case, version)
@@ -109,6 +112,6 @@ def download_label(
 
 
 @router.get("/cases/{case_id}/labels", response_model=list[LabelVersionPublic])
-def list_labels(case_id: int, session: SessionDep, _: UserDep) -> list[LabelVersionPublic]:
+def list_labels(case_id: Id, session: SessionDep, _: UserDep) -> list[LabelVersionPublic]:
     service.get_case(session, case_id)
     return service.versions_public(session, case_id)

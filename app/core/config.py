@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     broker_url: str = ""
     # Longest a cycle task may run before Redis hands its unacknowledged message to another worker.
     task_visibility_timeout_s: int = Field(default=12 * 3600, gt=0)
+    # A running cycle whose worker has not written its heartbeat for this long is failed (the worker
+    # died: the broker would only redeliver after the visibility timeout, wedging the project).
+    cycle_heartbeat_timeout_s: float = Field(default=600, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
     host: str = "127.0.0.1"
@@ -52,6 +55,11 @@ class Settings(BaseSettings):
     @property
     def embedded_worker(self) -> bool:
         return not self.broker_url
+
+    @property
+    def cycle_heartbeat_interval_s(self) -> float:
+        """How often a running phase writes its heartbeat: several beats per bound, at most every 30 s."""
+        return min(30.0, self.cycle_heartbeat_timeout_s / 5)
 
     @property
     def max_upload_bytes(self) -> int:

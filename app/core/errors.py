@@ -10,7 +10,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 
 class DomainError(Exception):
@@ -68,7 +71,40 @@ class Forbidden(DomainError):
     status, type, title = 403, "forbidden", "Forbidden"
 
 
-def problem(status: int, type_: str, title: str, detail: str, field: str | None = None) -> JSONResponse:
+class Problem(BaseModel):
+    """The body of every error answer (RFC 9457), media type application/problem+json."""
+
+    type: str = Field(description="URI naming the kind of problem")
+    title: str
+    status: int
+    detail: str
+    field: str | None = Field(None, description="the request field at fault, when there is one")
+
+
+_DESCRIPTIONS = {
+    400: "Invalid input (e.g. an unreadable upload)", 401: "Missing or invalid bearer token",
+    403: "The token's user lacks the role", 404: "No such resource", 409: "Conflicts with the current state",
+    410: "The lease has expired or ended", 411: "Upload without Content-Length", 413: "Upload too large",
+    415: "Unsupported file format", 422: "Invalid request parameters or body", 429: "A training cycle is running",
+    503: "A backing service (task broker) is unavailable",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries: each status answered with a problem body."""
+    schema = Problem.model_json_schema()
+    return {status: {"description": _DESCRIPTIONS[status], "content": {"application/problem+json": {"schema": schema}}}
+            for status in statuses}
+
+
+# Every authenticated route can answer these.
+COMMON_PROBLEMS = (401, 403, 404, 422)
+
+
+def problem(
+    status: int, type_: str, title: str, detail: str, field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": f"https://nextcase.dev/problems/{type_}",
         "title": title,
@@ -76,7 +112,7 @@ def problem(status: int, type_: str, title: str, detail: str, field: str | None 
         "detail": detail,
         "field": field,
     }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
@@ -93,6 +129,26 @@ def install_handlers(app: FastAPI) -> None:
         detail = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid"))
         return problem(422, "invalid-request", "Invalid request", detail, field)
 
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value (a NUL byte or an out-of-range number in a field no schema bounds).
+        # The request's transaction is rolled back by its session; the value itself is not echoed.
+        return problem(422, "invalid-request", "Invalid request",
+                       "a value in the request cannot be stored (out of range, or contains a NUL byte)", None)
+
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, "http-error", str(exc.detail), str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # RFC 9110: a 405 says what is allowed. Starlette names only the first route on the path.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(exc.status_code, "http-error", str(exc.detail), str(exc.detail), headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route fully matches on this path (asked of the router, so included routers count)."""
+    def allowed(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
+
+    return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE") if allowed(m)]

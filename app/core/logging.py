@@ -8,6 +8,40 @@ import sys
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# Libraries whose messages quote the values they complain about (a DICOM UID, a name, a date).
+_QUOTING_LOGGERS = ("pydicom", "py.warnings")
+
+
+class WithholdLibraryValues(logging.Filter):
+    """Replace the text of pydicom and Python-warning records: they may quote DICOM values.
+
+    pydicom's "Invalid value for VR UI: '1.2…'" carries the series UID itself (one line per slice
+    and access). The logger name and level stay, so the event is still visible.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "py.warnings" or record.name.split(".")[0] == "pydicom":
+            record.msg, record.args = f"{record.name} message withheld (it may quote DICOM values)", ()
+        return True
+
+
+_WITHHOLD = WithholdLibraryValues()
+
+
+def keep_identifiers_out_of_library_output() -> None:
+    """Silence pydicom's value validation and route library warnings through the withholding filter.
+
+    Idempotent; called by the API factory and by ``setup_logging`` (worker, CLI). NextCase checks
+    the DICOM attributes it uses itself, so pydicom's read-time validation adds only leaks.
+    """
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.captureWarnings(True)  # warnings.warn → the "py.warnings" logger → the filter below
+    for name in _QUOTING_LOGGERS:
+        logger = logging.getLogger(name)
+        if _WITHHOLD not in logger.filters:
+            logger.addFilter(_WITHHOLD)
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,6 +62,8 @@ def setup_logging(level: str = "INFO", as_json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     handler.setFormatter(JsonFormatter() if as_json else plain)
+    handler.addFilter(_WITHHOLD)  # also for records of the libraries' child loggers
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    keep_identifiers_out_of_library_output()

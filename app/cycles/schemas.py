@@ -44,6 +44,8 @@ class CyclePublic(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None = Field(
+        None, description="last sign of life from the worker running the current phase")
 
 
 class ModelVersionPublic(BaseModel):

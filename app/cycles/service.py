@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.core.config import get_settings
 from app.core.errors import Conflict, DomainError, InvalidRequest, NotFound
 from app.cycles.schemas import CycleCreate
 from app.models import ACTIVE_CYCLE_STATES, CaseScore, Cycle, ModelVersion, Project, User, utcnow
@@ -43,6 +45,7 @@ def validate_strategy(name: str) -> None:
 
 
 def active_cycle(session: Session, project_id: int) -> Cycle | None:
+    fail_stale(session, project_id=project_id)
     return session.scalar(select(Cycle).where(Cycle.project_id == project_id,
                                               Cycle.status.in_(ACTIVE_CYCLE_STATES)))
 
@@ -90,6 +93,7 @@ def enqueue(cycle_id: int) -> None:
 
 
 def get_cycle(session: Session, cycle_id: int) -> Cycle:
+    fail_stale(session, cycle_id=cycle_id)
     cycle = session.get(Cycle, cycle_id)
     if cycle is None:
         raise NotFound(f"cycle {cycle_id} does not exist", field="cycle_id")
@@ -97,18 +101,52 @@ def get_cycle(session: Session, cycle_id: int) -> Cycle:
 
 
 def list_cycles(session: Session, project_id: int) -> list[Cycle]:
+    fail_stale(session, project_id=project_id)
     return list(session.scalars(select(Cycle).where(Cycle.project_id == project_id).order_by(Cycle.id.desc())))
 
 
-def cancel(session: Session, cycle: Cycle, user: User) -> Cycle:
-    """A queued cycle is cancelled at once; a running one at its next check (within seconds)."""
+def cancel(session: Session, cycle: Cycle, user: User, force: bool = False) -> Cycle:
+    """A queued cycle is cancelled at once; a running one at its next check (within seconds).
+
+    ``force`` ends a running cycle now, without waiting for its worker: for a worker that hangs or
+    is gone. A worker that still runs it sees the cancel at its next check and the next phase never starts.
+    """
     if cycle.status not in ACTIVE_CYCLE_STATES:
         raise Conflict(f"cycle {cycle.id} is already {cycle.status}", field="cycle_id")
     cycle.cancel_requested = True
     if cycle.status == "queued":
         cycle.status, cycle.error, cycle.finished_at = "cancelled", "cancelled by an admin before it started", utcnow()
-    audit.record(session, "cycle.cancel", user_id=user.id, project_id=cycle.project_id, cycle_id=cycle.id)
+    elif force:
+        cycle.status, cycle.finished_at = "cancelled", utcnow()
+        cycle.error = f"force-cancelled by an admin during {cycle.phase}; the previous model and queue stay in service"
+    audit.record(session, "cycle.cancel", user_id=user.id, project_id=cycle.project_id, cycle_id=cycle.id,
+                 force=force)
     return cycle
+
+
+def fail_stale(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
+    """Fail running cycles whose worker stopped writing its heartbeat (killed, host lost).
+
+    Checked lazily whenever cycles are read or started: without it a dead worker's cycle stays
+    ``running`` until the broker redelivers its task (the 12 h visibility timeout), and the
+    project's one active-cycle slot stays taken. A cycle between phases (its last phase finished,
+    the next still in the broker) has no worker to hear from and is left alone.
+    """
+    bound = get_settings().cycle_heartbeat_timeout_s
+    cutoff = utcnow() - dt.timedelta(seconds=bound)
+    query = select(Cycle).where(Cycle.status == "running", or_(
+        Cycle.heartbeat_at < cutoff, and_(Cycle.heartbeat_at.is_(None), Cycle.started_at < cutoff)))
+    if project_id is not None:
+        query = query.where(Cycle.project_id == project_id)
+    if cycle_id is not None:
+        query = query.where(Cycle.id == cycle_id)
+    stale = [c for c in session.scalars(query) if c.phase is not None and c.phase not in c.timings]
+    for cycle in stale:
+        cycle.status, cycle.finished_at, cycle.cancel_requested = "failed", utcnow(), True
+        cycle.error = (f"no heartbeat for over {bound:g} s from the worker running {cycle.phase} ({cycle.worker}): "
+                       "it was killed or lost; the previous model and queue stay in service")
+        log.warning("cycle failed: worker silent", extra={"cycle_id": cycle.id, "phase": cycle.phase})
+    return len(stale)
 
 
 def mark_failed(session: Session, cycle_id: int, reason: str) -> None:

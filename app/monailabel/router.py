@@ -28,7 +28,15 @@ from app.auth.deps import SessionDep, bearer_token, current_user
 from app.cases import service as cases
 from app.cases.imaging import UploadedFile, read_nifti
 from app.core.db import session_scope
-from app.core.errors import InvalidLabelValues, InvalidRequest, NotFound, Unauthorized
+from app.core.errors import (
+    COMMON_PROBLEMS,
+    InvalidLabelValues,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    problem_responses,
+)
+from app.core.params import Id
 from app.core.storage import BlobStore, get_blob_store
 from app.cycles import service as cycles
 from app.cycles.schemas import CycleCreate
@@ -37,7 +45,8 @@ from app.monailabel import service
 from app.projects.service import get_project
 from app.queue import service as queue
 
-router = APIRouter(prefix="/monailabel/{project_id}", tags=["monailabel"])
+router = APIRouter(prefix="/monailabel/{project_id}", tags=["monailabel"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 400, 409, 410, 411, 413, 415, 429, 503))
 UserDep = Annotated[User, Depends(current_user)]
 StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
@@ -59,13 +68,13 @@ def route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any]
 
 
 @route("GET", "/auth/")
-def auth_info(project_id: int) -> dict[str, Any]:
+def auth_info(project_id: Id) -> dict[str, Any]:
     return {"enabled": True, "client_id": "nextcase", "realm": f"nextcase-project-{project_id}"}
 
 
 @route("POST", "/auth/token")
 def auth_token(
-    project_id: int, username: Annotated[str, Form()], password: Annotated[str, Form()],
+    project_id: Id, username: Annotated[str, Form()], password: Annotated[str, Form()],
     grant_type: Annotated[str, Form()] = "password",
 ) -> dict[str, Any]:
     """Log in with the NextCase user name and one of that user's API tokens as the password."""
@@ -77,7 +86,7 @@ def auth_token(
 
 
 @route("GET", "/auth/token/valid")
-def auth_token_valid(project_id: int, user: UserDep) -> dict[str, Any]:
+def auth_token_valid(project_id: Id, user: UserDep) -> dict[str, Any]:
     return {"valid": True, "username": user.name}
 
 
@@ -85,12 +94,12 @@ def auth_token_valid(project_id: int, user: UserDep) -> dict[str, Any]:
 
 
 @route("GET", "/info/")
-def info(project_id: int, session: SessionDep, _: UserDep) -> dict[str, Any]:
+def info(project_id: Id, session: SessionDep, _: UserDep) -> dict[str, Any]:
     return service.info(session, get_project(session, project_id))
 
 
 @route("POST", "/activelearning/{strategy}")
-def activelearning(project_id: int, strategy: str, session: SessionDep, user: UserDep) -> dict[str, Any]:
+def activelearning(project_id: Id, strategy: str, session: SessionDep, user: UserDep) -> dict[str, Any]:
     # Every strategy name (including OHIF's default "random") serves the project's one ranking.
     return service.next_sample(session, get_project(session, project_id), user)
 
@@ -99,6 +108,12 @@ def activelearning(project_id: int, strategy: str, session: SessionDep, user: Us
 
 
 def _optional_user(request: Request) -> User | None:
+    """The bearer's user, or None without a bearer header; a bad token is 401.
+
+    A dependency, so it runs before the route touches the request's session: on SQLite the first
+    statement of that session takes the write lock, and authenticating in a second session after
+    it would wait for the lock this same request holds (60 s, then "database is locked").
+    """
     try:
         bearer_token(request)
     except Unauthorized:
@@ -106,14 +121,16 @@ def _optional_user(request: Request) -> User | None:
     return current_user(request)
 
 
+OptionalUserDep = Annotated[User | None, Depends(_optional_user)]
+
+
 @route("GET", "/datastore/image", response_class=FileResponse)
 def datastore_image(
-    project_id: int, request: Request, session: SessionDep, store: StoreDep, image: str = Query(...)
+    project_id: Id, user: OptionalUserDep, session: SessionDep, store: StoreDep, image: str = Query(...)
 ) -> FileResponse:
     """The case image. Slicer downloads it without a token: the lease-scoped id is the credential."""
     project = get_project(session, project_id)
     ref = service.parse_image_id(image)
-    user = _optional_user(request)
     if user is not None:
         case = service.case_for(session, project, ref)
         queue.touch(session, case, user)
@@ -121,8 +138,9 @@ def datastore_image(
         found = service.case_by_capability(session, project, ref)
         if found is None:
             raise Unauthorized("this image needs a bearer token, or the id of your live lease on it")
-        case, holder = found
-        queue.touch(session, case, holder)  # Slicer's download counts as lease activity too
+        # Not lease activity: the id may sit in a cache file name or a proxy log, and whoever polls it
+        # must not keep the lease alive forever. The holder's authenticated calls extend it.
+        case, _holder = found
     return FileResponse(store.path(case.blob_key), media_type="application/gzip", filename=f"{image}.nii.gz")
 
 
@@ -160,7 +178,7 @@ def _check_label_info(params: dict[str, Any], project: Project) -> None:
 
 @route("PUT", "/datastore/label")
 def save_label(
-    project_id: int, session: SessionDep, store: StoreDep, user: UserDep,
+    project_id: Id, session: SessionDep, store: StoreDep, user: UserDep,
     label: Annotated[UploadFile, File()], image: str = Query(...), tag: str = Query(""),
     params: Annotated[str, Form()] = "{}",
 ) -> dict[str, Any]:
@@ -178,7 +196,7 @@ def save_label(
 
 
 @route("GET", "/datastore/")
-def datastore(project_id: int, session: SessionDep, user: UserDep, output: str = Query("")) -> dict[str, Any]:
+def datastore(project_id: Id, session: SessionDep, user: UserDep, output: str = Query("")) -> dict[str, Any]:
     """Lean: the caller's leased cases under the ids they were given, each with its label names."""
     project = get_project(session, project_id)
     names = service.label_names(project)
@@ -195,7 +213,7 @@ def datastore(project_id: int, session: SessionDep, user: UserDep, output: str =
 
 @route("GET", "/datastore/label")
 def datastore_label(
-    project_id: int, session: SessionDep, store: StoreDep, user: UserDep, label: str = Query(...),
+    project_id: Id, session: SessionDep, store: StoreDep, user: UserDep, label: str = Query(...),
     tag: str = Query("final"),
 ) -> Response:
     """Latest label version; with tag=original and no label yet, the current model's prediction."""
@@ -243,7 +261,7 @@ def _multipart(params: dict[str, Any], filename: str, data: bytes) -> Response:
 
 @router.post("/infer/{model}")
 def infer(
-    project_id: int, model: str, session: SessionDep, store: StoreDep, user: UserDep, image: str = Query(...),
+    project_id: Id, model: str, session: SessionDep, store: StoreDep, user: UserDep, image: str = Query(...),
     output: str = Query(""),
 ) -> Response:
     """The current model's label map on the served image's grid, as uint8 NRRD."""
@@ -284,7 +302,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 @router.post("/train/{model}")
 def train_model(
-    project_id: int, model: str, session: SessionDep, user: UserDep,
+    project_id: Id, model: str, session: SessionDep, user: UserDep,
     body: Annotated[dict[str, Any], Depends(_json_body)],
 ) -> dict[str, Any]:
     return _start_training(session, project_id, user, body)
@@ -292,7 +310,7 @@ def train_model(
 
 @route("POST", "/train/")
 def train_all(
-    project_id: int, session: SessionDep, user: UserDep, body: Annotated[dict[str, Any], Depends(_json_body)],
+    project_id: Id, session: SessionDep, user: UserDep, body: Annotated[dict[str, Any], Depends(_json_body)],
 ) -> dict[str, Any]:
     config = body.get(service.MODEL_NAME) or next((v for v in body.values() if isinstance(v, dict)), {})
     return {service.MODEL_NAME: {"result": _start_training(session, project_id, user, config), "detail": ""}}
@@ -300,7 +318,7 @@ def train_all(
 
 @route("GET", "/train/")
 def train_status(
-    project_id: int, session: SessionDep, _: UserDep, check_if_running: bool = Query(False)
+    project_id: Id, session: SessionDep, _: UserDep, check_if_running: bool = Query(False)
 ) -> Any:
     get_project(session, project_id)
     if check_if_running:
@@ -315,7 +333,7 @@ def train_status(
 
 
 @route("DELETE", "/train/")
-def train_stop(project_id: int, session: SessionDep, user: UserDep) -> Any:
+def train_stop(project_id: Id, session: SessionDep, user: UserDep) -> Any:
     auth.require_role(user, "admin")
     active = service.active_cycle(session, project_id)
     if active is None:

@@ -17,11 +17,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import DomainError, NotFound
+from app.core.params import DB_INT_MAX
+from app.cycles.service import fail_stale
 from app.models import ACTIVE_CYCLE_STATES, Case, Cycle, Lease, ModelVersion, Project, User, utcnow
 from app.queue import service as queue
 
 MODEL_NAME = "segmentation"
-ID_PATTERN = re.compile(r"^case(?P<case>\d+)(?:-(?P<key>[0-9a-f]{16}))?$")
+ID_PATTERN = re.compile(r"^case(?P<case>\d{1,12})(?:-(?P<key>[0-9a-f]{16}))?$")
 TASK_STATUS = {"queued": "RUNNING", "running": "RUNNING", "done": "DONE", "failed": "ERROR", "cancelled": "STOPPED"}
 
 
@@ -45,8 +47,9 @@ def image_id(case: Case, lease: Lease | None = None) -> str:
 
 def parse_image_id(value: str) -> ImageRef:
     match = ID_PATTERN.match(value.strip())
-    if match is None:
-        raise NotFound(f"unknown image id {value!r}", field="image")
+    # An id beyond the integer column would overflow the database driver (a 500): no such case exists.
+    if match is None or int(match["case"]) > DB_INT_MAX:
+        raise NotFound(f"unknown image id {value[:40]!r}", field="image")
     return ImageRef(int(match["case"]), match["key"])
 
 
@@ -102,6 +105,7 @@ def label_names(project: Project) -> dict[str, int]:
 
 
 def latest_cycle(session: Session, project_id: int) -> Cycle | None:
+    fail_stale(session, project_id=project_id)
     return session.scalar(select(Cycle).where(Cycle.project_id == project_id).order_by(Cycle.id.desc()).limit(1))
 
 
@@ -169,6 +173,7 @@ def task_json(cycle: Cycle) -> dict[str, Any]:
 
 
 def active_cycle(session: Session, project_id: int) -> Cycle | None:
+    fail_stale(session, project_id=project_id)
     return session.scalar(select(Cycle).where(Cycle.project_id == project_id,
                                               Cycle.status.in_(ACTIVE_CYCLE_STATES)))
 

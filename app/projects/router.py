@@ -4,10 +4,13 @@ from fastapi import APIRouter, Query
 
 from app.audit import service as audit
 from app.auth.deps import AdminDep, SessionDep, UserDep
+from app.core.errors import COMMON_PROBLEMS, problem_responses
+from app.core.params import Id, Offset
 from app.projects import service
 from app.projects.schemas import ProjectCreate, ProjectPublic
 
-router = APIRouter(prefix="/api/v1", tags=["projects"])
+router = APIRouter(prefix="/api/v1", tags=["projects"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 409))
 
 
 @router.post("/projects", response_model=ProjectPublic, status_code=201)
@@ -23,17 +26,17 @@ def list_projects(session: SessionDep, _: UserDep) -> list[ProjectPublic]:
 
 
 @router.get("/projects/{project_id}", response_model=ProjectPublic)
-def get_project(project_id: int, session: SessionDep, _: UserDep) -> ProjectPublic:
+def get_project(project_id: Id, session: SessionDep, _: UserDep) -> ProjectPublic:
     return ProjectPublic.model_validate(service.get_project(session, project_id))
 
 
 @router.get("/projects/{project_id}/audit")
 def project_audit(
-    project_id: int,
+    project_id: Id,
     session: SessionDep,
     _: AdminDep,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> list[dict[str, object]]:
     service.get_project(session, project_id)
     return [

@@ -5,6 +5,8 @@ from fastapi import APIRouter, Query, Response
 from app.auth.deps import SessionDep, UserDep
 from app.cases import repository as case_repo
 from app.cases import service as case_service
+from app.core.errors import COMMON_PROBLEMS, problem_responses
+from app.core.params import Id, LeaseToken, Offset
 from app.models import Lease, Ranking, utcnow
 from app.projects.service import get_project
 from app.queue import repository as repo
@@ -20,7 +22,8 @@ from app.queue.schemas import (
     SkipRequest,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["queue"])
+router = APIRouter(prefix="/api/v1", tags=["queue"],
+                   responses=problem_responses(*COMMON_PROBLEMS, 409, 410))
 
 
 def _lease_public(lease: Lease) -> LeasePublic:
@@ -37,7 +40,7 @@ def _ranking_info(ranking: Ranking | None) -> RankingInfo | None:
 
 @router.post("/projects/{project_id}/queue/next", response_model=ClaimResponse,
              responses={204: {"description": "no case left to annotate"}})
-def claim_next(project_id: int, session: SessionDep, user: UserDep) -> ClaimResponse | Response:
+def claim_next(project_id: Id, session: SessionDep, user: UserDep) -> ClaimResponse | Response:
     claim = service.claim_next(session, get_project(session, project_id), user)
     if claim is None:
         return Response(status_code=204)
@@ -50,24 +53,24 @@ def claim_next(project_id: int, session: SessionDep, user: UserDep) -> ClaimResp
 
 
 @router.post("/leases/{token}/renew", response_model=LeasePublic)
-def renew(token: str, session: SessionDep, user: UserDep) -> LeasePublic:
+def renew(token: LeaseToken, session: SessionDep, user: UserDep) -> LeasePublic:
     return _lease_public(service.renew(session, token, user))
 
 
 @router.delete("/leases/{token}", response_model=LeasePublic)
-def release(token: str, session: SessionDep, user: UserDep) -> LeasePublic:
+def release(token: LeaseToken, session: SessionDep, user: UserDep) -> LeasePublic:
     return _lease_public(service.end_lease(session, token, user, "released"))
 
 
 @router.post("/leases/{token}/skip", response_model=LeasePublic)
-def skip(token: str, body: SkipRequest, session: SessionDep, user: UserDep) -> LeasePublic:
+def skip(token: LeaseToken, body: SkipRequest, session: SessionDep, user: UserDep) -> LeasePublic:
     return _lease_public(service.end_lease(session, token, user, "skipped", service.require_reason(body.reason)))
 
 
 @router.get("/projects/{project_id}/queue", response_model=QueuePage)
 def queue(
-    project_id: int, session: SessionDep, _: UserDep,
-    limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+    project_id: Id, session: SessionDep, _: UserDep,
+    limit: int = Query(50, ge=1, le=1000), offset: Offset = 0,
 ) -> QueuePage:
     project = get_project(session, project_id)
     now = utcnow()
@@ -88,7 +91,7 @@ def queue(
 
 
 @router.get("/projects/{project_id}/queue/stats", response_model=QueueStats)
-def stats(project_id: int, session: SessionDep, _: UserDep) -> QueueStats:
+def stats(project_id: Id, session: SessionDep, _: UserDep) -> QueueStats:
     project = get_project(session, project_id)
     counts = repo.count_pool(session, project_id, utcnow())
     pool = sum(counts.values())
