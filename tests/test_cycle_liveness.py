@@ -73,7 +73,7 @@ def test_killed_worker_fails_its_cycle_within_the_bound(
     r = client.post(f"/api/v1/projects/{cube_project['id']}/cycles", json=long_training, headers=admin.headers)
     assert r.status_code == 202, r.text
     cycle_id = r.json()["id"]
-    _poll(client, admin, cycle_id, lambda c: c["status"] == "running" and c["progress"].get("epoch", 0) >= 1, log)
+    _poll(client, admin, cycle_id, lambda c: c["status"] == "running" and c["progress"].get("step", 0) >= 1, log)
 
     os.killpg(killable_worker.pid, signal.SIGKILL)
     killable_worker.wait(timeout=30)

@@ -79,7 +79,7 @@ def test_cycle_trains_evaluates_scores_and_publishes(
 
     cycle = client.get(f"/api/v1/cycles/{cycle_id}", headers=annotator.headers).json()
     assert cycle["status"] == "done", cycle["error"]
-    assert cycle["progress"]["epoch"] == 2 and cycle["progress"]["scored"] == 3
+    assert cycle["progress"]["step"] == cycle["progress"]["steps"] > 0 and cycle["progress"]["scored"] == 3
     assert set(cycle["timings"]) == {"train", "evaluate", "score", "publish"}
     assert set(cycle["metrics"]["per_class"]) == {"background", "cube"}
     assert cycle["metrics"]["validation_cases"] == 2
@@ -118,7 +118,7 @@ def test_cycle_parameters_are_validated(
     assert start(client, annotator, cube_project["id"]).status_code == 403
     r = start(client, admin, cube_project["id"], strategy="oracle")
     assert r.status_code == 422 and r.json()["field"] == "strategy"
-    assert r.json()["detail"].startswith("unknown strategy 'oracle'; known: bald, entropy, mc_dropout_variance")
+    assert r.json()["detail"].startswith("unknown strategy 'oracle'; known: bald, coreset, entropy, mc_dropout")
     r = start(client, admin, cube_project["id"], patch_size=[15, 16, 16])
     assert r.status_code == 422 and r.json()["field"] == "params"
     r = start(client, admin, cube_project["id"], dropout=1.5)

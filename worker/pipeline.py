@@ -213,18 +213,23 @@ def train(cycle_id: int, store: BlobStore) -> None:
     params = _params(cycle)
     with db.session_scope() as session:
         pairs = _labelled(session, project.id, "pool")
+        validation = _labelled(session, project.id, "validation")
         init_state = _warm_start_state(session, store, project.id) if cycle.warm_start else None
     if not pairs:
         raise CycleError("no labelled case in the pool split: label at least one case before training")
     images, labels = _arrays(store, pairs)
-    _progress(cycle_id, epoch=0, epochs=params.epochs, loss=None, train_cases=len(pairs))
+    val_images, val_labels = _arrays(store, validation)
+    steps = params.steps_for(len(pairs))
+    _progress(cycle_id, step=0, steps=steps, loss=None, train_cases=len(pairs))
 
-    def on_epoch(epoch: int, loss: float) -> None:
-        _progress(cycle_id, epoch=epoch, loss=round(loss, 5))
+    def on_step(step: int, loss: float) -> None:
+        _progress(cycle_id, step=step, loss=round(loss, 5))
 
     try:
+        # The checkpoint kept is the one with the best validation Dice (the last one without validation cases).
         result = train_model(images, labels, len(project.labels), project.modality, params, init_state=init_state,
-                             progress=on_epoch, should_stop=_cancel_checker(cycle_id))
+                             progress=on_step, should_stop=_cancel_checker(cycle_id), val_images=val_images,
+                             val_labels=val_labels)
     except TrainingCancelled as exc:
         raise CycleCancelled from exc
     with tempfile.TemporaryDirectory(prefix="nextcase-model-") as tmp:
@@ -234,7 +239,9 @@ def train(cycle_id: int, store: BlobStore) -> None:
     with db.session_scope() as session:
         cycle = _get(session, cycle_id)
         cycle.weights_key, cycle.trained_case_ids = blob.key, [case.id for case, _ in pairs]
-        cycle.metrics = {**cycle.metrics, "train_loss": result.epoch_losses[-1] if result.epoch_losses else None}
+        cycle.metrics = {**cycle.metrics, "train_loss": result.epoch_losses[-1] if result.epoch_losses else None,
+                         "train_steps": result.steps, "kept_step": result.best_step,
+                         "validation_history": result.validation}
 
 
 def _warm_start_state(session: Any, store: BlobStore, project_id: int) -> dict[str, Any] | None:
@@ -288,7 +295,6 @@ def _store_metrics(cycle_id: int, metrics: dict[str, Any]) -> None:
 
 
 def score(cycle_id: int, store: BlobStore) -> None:
-    from worker.ml.inference import predict_labels
     from worker.ml.scoring import score_case
     from worker.ml.transforms import normalise
 
@@ -304,9 +310,10 @@ def score(cycle_id: int, store: BlobStore) -> None:
             raise CycleCancelled
         image = normalise(load_array(store, case.blob_key).astype(np.float32), project.modality)
         result = score_case(model, image, cycle.strategy, meta.params, case_key=case.id)
-        prediction = predict_labels(model, image, meta.params)
-        row = CaseScore(cycle_id=cycle_id, case_id=case.id, score=float(result.score), extras=result.extras,
-                        prediction_key=store.put(encode_on_case_grid(prediction.astype(np.uint8), case), "nii.gz").key)
+        assert result.prediction is not None and result.embedding is not None
+        extras: dict[str, Any] = {**result.extras, "embedding": [round(float(v), 6) for v in result.embedding]}
+        row = CaseScore(cycle_id=cycle_id, case_id=case.id, score=float(result.score), extras=extras,
+                        prediction_key=store.put(encode_on_case_grid(result.prediction, case), "nii.gz").key)
         if result.voxel_map is not None:
             row.uncertainty_key = store.put(encode_on_case_grid(result.voxel_map.astype(np.float32), case),
                                             "nii.gz").key
@@ -331,12 +338,27 @@ def publish(cycle_id: int, store: BlobStore) -> None:
                                metrics=cycle.metrics, trained_case_ids=cycle.trained_case_ids)
         session.add(version)
         session.flush()
-        scores = [(cid, s) for cid, s in session.execute(
-            select(CaseScore.case_id, CaseScore.score).where(CaseScore.cycle_id == cycle.id))]
-        ranking = publish_ranking(session, cycle.project_id, scores, kind="model", strategy=cycle.strategy,
-                                  seed=cycle.params.get("seed"), model_version_id=version.id)
+        rows = list(session.execute(select(CaseScore.case_id, CaseScore.score, CaseScore.extras)
+                                    .where(CaseScore.cycle_id == cycle.id)))
+        order = _annotation_order(cycle, rows, round_index=latest)
+        ranking = publish_ranking(session, cycle.project_id, [(cid, s) for cid, s, _ in rows], kind="model",
+                                  strategy=cycle.strategy, seed=cycle.params.get("seed"), model_version_id=version.id,
+                                  order=order)
         cycle.model_version_id, cycle.ranking_id = version.id, ranking.id
         _mark_finished(cycle, "done", None)
+
+
+def _annotation_order(cycle: Cycle, rows: list[Any], round_index: int) -> list[int]:
+    """The strategy's annotate-first order of the scored cases (batch-aware strategies reorder scores)."""
+    from worker.ml.scoring import ScoreResult, rank_cases
+
+    results = []
+    for case_id, score_value, extras in rows:
+        embedding = extras.get("embedding")
+        plain = {k: float(v) for k, v in extras.items() if k != "embedding"}
+        results.append((int(case_id), ScoreResult(score=float(score_value), extras=plain,
+                                                  embedding=None if embedding is None else np.asarray(embedding))))
+    return rank_cases(cycle.strategy, results, _params(cycle), round_index=round_index)
 
 
 PHASE_FUNCTIONS: dict[str, Callable[[int, BlobStore], None]] = {

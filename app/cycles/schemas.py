@@ -10,8 +10,13 @@ class CycleCreate(BaseModel):
     """Training and scoring parameters; anything left out takes the default (see worker/ml/params.py)."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int | None = Field(None, ge=1, le=10_000)
+    steps: int | None = Field(None, ge=1, le=1_000_000, description="optimiser steps per training run")
+    epochs: int | None = Field(None, ge=1, le=10_000, description="legacy: steps = epochs x batches per epoch")
     learning_rate: float | None = Field(None, gt=0, le=1)
+    lr_schedule: Literal["poly", "constant"] | None = None
+    augment: bool | None = None
+    flip_axes: list[int] | None = None
+    val_every: int | None = Field(None, ge=0, le=1_000_000)
     batch_size: int | None = Field(None, ge=1, le=64)
     patch_size: list[int] | int | None = None
     mc_passes: int | None = Field(None, ge=2, le=100, description="T, Monte-Carlo dropout passes")
@@ -20,6 +25,10 @@ class CycleCreate(BaseModel):
     channels: list[int] | None = None
     strides: list[int] | None = None
     samples_per_volume: int | None = Field(None, ge=1, le=64)
+    sw_overlap: float | None = Field(None, ge=0, lt=1)
+    query_size: int | None = Field(None, ge=1, le=10_000)
+    temperature: float | None = Field(None, ge=0, le=100)
+    temperature_decay: float | None = Field(None, ge=0, le=10)
     strategy: str = "mc_dropout_variance"
     seed: int | None = Field(None, ge=0)
     warm_start: bool = False

@@ -17,8 +17,9 @@ from app.cycles.schemas import CycleCreate
 from app.models import ACTIVE_CYCLE_STATES, CaseScore, Cycle, ModelVersion, Project, User, utcnow
 
 log = logging.getLogger("nextcase.cycles")
-TRAINING_FIELDS = ("epochs", "learning_rate", "batch_size", "patch_size", "mc_passes", "dropout",
-                   "dropout_position", "channels", "strides", "samples_per_volume", "seed")
+TRAINING_FIELDS = ("steps", "epochs", "learning_rate", "lr_schedule", "augment", "flip_axes", "val_every",
+                   "batch_size", "patch_size", "mc_passes", "dropout", "dropout_position", "channels", "strides",
+                   "samples_per_volume", "sw_overlap", "query_size", "temperature", "temperature_decay", "seed")
 
 
 class BrokerUnavailable(DomainError):

@@ -120,8 +120,9 @@ def train_stats(session: Session, project_id: int) -> dict[str, Any]:
     best = model.metrics.get("mean_dice") if model else None
     stats: dict[str, Any] = {"epoch": 0, "total_epochs": 0, "best_metric": float(best or 0.0), "start_ts": 0}
     if cycle is not None:
-        stats.update(epoch=int(cycle.progress.get("epoch") or 0),
-                     total_epochs=int(cycle.progress.get("epochs") or cycle.params.get("epochs") or 0),
+        # MONAI Label speaks of epochs; a NextCase cycle counts optimiser steps.
+        stats.update(epoch=int(cycle.progress.get("step") or 0),
+                     total_epochs=int(cycle.progress.get("steps") or cycle.params.get("steps") or 0),
                      start_ts=int((cycle.started_at or cycle.created_at).timestamp()))
         if cycle.finished_at is not None:
             stats["total_time"] = round((cycle.finished_at - (cycle.started_at or cycle.created_at)).total_seconds(), 1)
@@ -147,7 +148,7 @@ def info(session: Session, project: Project) -> dict[str, Any]:
                                 "description": "MONAI 3D U-Net with MC dropout, retrained by NextCase cycles",
                                 "config": {}}},
         "trainers": {MODEL_NAME: {"description": "start a NextCase retraining cycle",
-                                  "config": {"epochs": defaults.epochs, "mc_passes": defaults.mc_passes}}},
+                                  "config": {"steps": defaults.steps, "mc_passes": defaults.mc_passes}}},
         "strategies": {"uncertainty": {"description": "the NextCase ranking of the current model"},
                        **{name: {"description": f"NextCase ranking (scored by {name})"} for name in STRATEGIES}},
         "scoring": {},

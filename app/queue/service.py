@@ -47,16 +47,23 @@ def publish_ranking(
     strategy: str,
     seed: int | None = None,
     model_version_id: int | None = None,
+    order: Sequence[int] | None = None,
 ) -> Ranking:
     """Write a complete ranking and make it current in the same transaction (one atomic switch).
 
-    ``scores`` are (case id, score) pairs; a higher score is annotated first, ties by case id.
+    ``scores`` are (case id, score) pairs; a higher score is annotated first, ties by case id, unless
+    ``order`` (every scored case id once) gives the annotate-first order, as batch-aware strategies do.
     """
     ranking = Ranking(project_id=project_id, kind=kind, strategy=strategy, seed=seed,
                       model_version_id=model_version_id)
     session.add(ranking)
     session.flush()
     ordered = sorted(scores, key=lambda cs: (-cs[1], cs[0]))
+    if order is not None:
+        by_id = dict(scores)
+        if sorted(order) != sorted(by_id):
+            raise ValueError("a ranking order must name every scored case exactly once")
+        ordered = [(cid, by_id[cid]) for cid in order]
     if ordered:
         session.execute(
             insert(RankingEntry),

@@ -10,7 +10,8 @@ from worker.ml.params import TrainParams
 def tiny_params(**overrides: object) -> TrainParams:
     """A 3-level UNet on 16^3 patches: big enough to learn a cube, small enough for milliseconds per step."""
     base: dict[str, object] = {
-        "epochs": 2,
+        "steps": 4,
+        "augment": False,
         "learning_rate": 1e-2,
         "batch_size": 2,
         "patch_size": (16, 16, 16),

@@ -37,7 +37,9 @@ def test_validate_rejects(overrides: dict[str, Any], message: str) -> None:
 def test_defaults_are_valid_and_match_spec() -> None:
     params = TrainParams()
     params.validate()
-    assert (params.epochs, params.mc_passes, params.dropout, params.patch_size) == (50, 5, 0.5, (96, 96, 96))
+    assert (params.steps, params.mc_passes, params.dropout, params.patch_size) == (2000, 5, 0.5, (96, 96, 96))
+    assert params.epochs is None and params.steps_for(7) == 2000
+    assert TrainParams(epochs=3, samples_per_volume=2, batch_size=4).steps_for(7) == 3 * 4  # legacy: ceil(14/4)
 
 
 def test_dict_round_trip_is_json_safe() -> None:
@@ -48,8 +50,8 @@ def test_dict_round_trip_is_json_safe() -> None:
 
 
 def test_from_dict_ignores_none_and_validates() -> None:
-    params = TrainParams.from_dict({"epochs": None, "dropout": 0.25})
-    assert params.epochs == 50
+    params = TrainParams.from_dict({"steps": None, "dropout": 0.25})
+    assert params.steps == 2000
     assert params.dropout == 0.25
     with pytest.raises(ValueError, match="dropout must be"):
         TrainParams.from_dict({"dropout": 2})

@@ -99,7 +99,8 @@ def test_mc_memory_does_not_grow_with_passes(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(scoring, "sliding_window_probabilities", measured)
     model = build_unet(2, tiny_params())
-    score_case(model, _image(shape), "bald", tiny_params(mc_passes=passes), case_key=0, device="cpu")
+    score_case(model, _image(shape), "bald", tiny_params(mc_passes=passes), case_key=0, device="cpu",
+               with_prediction=False)
     one_pass_bytes = 2 * int(np.prod(shape)) * 4
     assert calls == passes
     assert readings[passes] - readings[3] < one_pass_bytes
@@ -123,7 +124,7 @@ def test_variance_strategy_equals_stacked_reference(monkeypatch: pytest.MonkeyPa
     kept = _record_passes(monkeypatch)
     params = tiny_params(mc_passes=4)
     result = score_case(
-        build_unet(3, params), _image(), "mc_dropout_variance", params, case_key=0, device="cpu"
+        build_unet(3, params), _image(), "mc_dropout_variance", params, case_key=0, device="cpu", with_prediction=False
     )
     stacked = torch.stack(kept).double()
     assert len(kept) == 4
@@ -133,8 +134,9 @@ def test_variance_strategy_equals_stacked_reference(monkeypatch: pytest.MonkeyPa
     assert result.voxel_map is not None and result.voxel_map.dtype == np.float32
     np.testing.assert_allclose(result.voxel_map, voxel_var.numpy(), rtol=1e-5, atol=1e-9)
     assert result.extras["variance_mean"] == pytest.approx(float(voxel_var.mean()), rel=1e-9)
-    fg = stacked.mean(dim=0).argmax(dim=0) > 0
-    expected_fg = float(voxel_var[fg].mean()) if fg.any() else 0.0
+    fg = stacked.mean(dim=0)[0] < 0.5
+    fg_var = stacked.var(dim=0, unbiased=False)[1:].mean(dim=0)
+    expected_fg = float(fg_var[fg].mean()) if fg.any() else 0.25
     assert result.extras["variance_fg_mean"] == pytest.approx(expected_fg, rel=1e-9)
 
 
@@ -142,8 +144,8 @@ def test_entropy_and_bald_equal_stacked_reference(monkeypatch: pytest.MonkeyPatc
     kept = _record_passes(monkeypatch)
     params = tiny_params(mc_passes=3)
     model = build_unet(3, params)
-    entropy = score_case(model, _image(), "entropy", params, case_key=0, device="cpu")
-    bald = score_case(model, _image(), "bald", params, case_key=0, device="cpu")
+    entropy = score_case(model, _image(), "entropy", params, case_key=0, device="cpu", with_prediction=False)
+    bald = score_case(model, _image(), "bald", params, case_key=0, device="cpu", with_prediction=False)
     first = torch.stack(kept[:3]).double()
     assert torch.equal(first, torch.stack(kept[3:]).double())  # same seed -> same passes
 
@@ -160,8 +162,8 @@ def test_entropy_and_bald_equal_stacked_reference(monkeypatch: pytest.MonkeyPatc
 def test_fg_variant_ranks_by_foreground_mean() -> None:
     params = tiny_params()
     model = build_unet(2, params)
-    plain = score_case(model, _image(), "mc_dropout_variance", params, case_key=0, device="cpu")
-    fg = score_case(model, _image(), "mc_dropout_variance_fg", params, case_key=0, device="cpu")
+    plain = score_case(model, _image(), "mc_dropout_variance", params, case_key=0, device="cpu", with_prediction=False)
+    fg = score_case(model, _image(), "mc_dropout_variance_fg", params, case_key=0, device="cpu", with_prediction=False)
     assert fg.extras == plain.extras
     assert fg.score == plain.extras["variance_fg_mean"]
 
@@ -178,7 +180,7 @@ def test_only_dropout_in_train_mode_during_passes() -> None:
         m.register_forward_hook(lambda mod, _i, _o, name=name: seen.setdefault(name, set()).add(mod.training))
         for name, m in model.named_modules()
     ]
-    score_case(model, _image(), "mc_dropout_variance", params, case_key=0, device="cpu")
+    score_case(model, _image(), "mc_dropout_variance", params, case_key=0, device="cpu", with_prediction=False)
     for handle in handles:
         handle.remove()
     dropout_names = {name for name, m in model.named_modules() if m in dropout_modules(model)}
@@ -209,7 +211,8 @@ def test_one_mask_per_pass_across_windows(monkeypatch: pytest.MonkeyPatch) -> No
         events.append(mod.mask.clone())
 
     layer.register_forward_hook(hook)
-    score_case(model, _image((24, 40, 32)), "mc_dropout_variance", params, case_key=0, device="cpu")
+    score_case(model, _image((24, 40, 32)), "mc_dropout_variance", params, case_key=0, device="cpu",
+               with_prediction=False)
 
     passes: list[list[torch.Tensor]] = []
     for event in events:
@@ -236,7 +239,7 @@ def test_scores_are_seeded(strategy: str) -> None:
     params = tiny_params()
     model = _trained_like_model(params)
     run: Callable[[TrainParams], ScoreResult] = lambda p: score_case(  # noqa: E731
-        model, _image(), strategy, p, case_key=7, device="cpu"
+        model, _image(), strategy, p, case_key=7, device="cpu", with_prediction=False
     )
     first, again = run(params), run(params)
     other = run(tiny_params(seed=1))
@@ -246,14 +249,14 @@ def test_scores_are_seeded(strategy: str) -> None:
 
 def test_random_strategy_depends_on_case_key() -> None:
     params = tiny_params()
-    a = score_case(nn.Identity(), _image(), "random", params, case_key=1)
-    b = score_case(nn.Identity(), _image(), "random", params, case_key=2)
+    a = score_case(nn.Identity(), _image(), "random", params, case_key=1, with_prediction=False)
+    b = score_case(nn.Identity(), _image(), "random", params, case_key=2, with_prediction=False)
     assert 0 <= a.score < 1 and a.score != b.score and a.voxel_map is None
 
 
 def test_registry() -> None:
     assert {"mc_dropout_variance", "mc_dropout_variance_fg", "entropy", "bald", "random"} <= set(STRATEGIES)
-    with pytest.raises(ValueError, match="unknown scoring strategy 'nope'; known: bald, entropy"):
+    with pytest.raises(ValueError, match="unknown scoring strategy 'nope'; known: bald, coreset, entropy"):
         get_strategy("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_strategy("random")(STRATEGIES["random"])

@@ -11,7 +11,7 @@ __all__ = ["DROPOUT_POSITIONS", "TrainParams"]
 
 DROPOUT_POSITIONS: tuple[str, ...] = ("all", "decoder")
 
-_TUPLE_FIELDS = ("patch_size", "channels", "strides")
+_TUPLE_FIELDS = ("patch_size", "channels", "strides", "flip_axes")
 
 
 @dataclass
@@ -19,8 +19,17 @@ class TrainParams:
     """Hyperparameters of one model: network shape, training schedule and MC-dropout scoring.
 
     Args:
-        epochs: passes over the labelled cases; each case contributes ``samples_per_volume`` patches.
-        learning_rate: Adam learning rate.
+        steps: optimiser steps per training run, whatever the number of labelled cases (a fixed budget
+            makes cycles comparable and keeps small labelled sets from being under-trained).
+        epochs: legacy: when set, ``steps`` becomes epochs x ceil(cases x samples_per_volume / batch_size).
+        learning_rate: peak Adam learning rate.
+        lr_schedule: "poly" (linear warm-up over the first 5 % of steps, then (1 - t)^0.9 decay, as
+            nnU-Net) or "constant".
+        augment: MONAI augmentation of training patches (small affine, intensity scale/shift, noise).
+        flip_axes: patch axes (0, 1, 2 = D, H, W) flipped at random; empty by default because a flip
+            swaps left and right, which would confuse lateral structures (left/right parotid).
+        val_every: with validation cases, evaluate every this many steps (and at the end) and keep the
+            checkpoint with the best mean foreground validation Dice; 0 evaluates at the end only.
         batch_size: patches per optimiser step.
         patch_size: (D, H, W) training patch and sliding-window ROI; each side must be divisible by the
             product of ``strides`` so every window fits the UNet's down/up-sampling exactly.
@@ -35,10 +44,20 @@ class TrainParams:
         foreground_ratio: probability that a patch is centred on a foreground voxel.
         sw_overlap: sliding-window overlap fraction in [0, 1).
         sw_batch_size: windows per network call during sliding-window inference.
+        query_size: cases an annotation round is expected to take; batch-aware strategies (core-set)
+            spread their first ``query_size`` picks.
+        temperature: initial temperature of stochastic (power / Gumbel) selection; 0 is greedy top-k.
+        temperature_decay: factor applied to the temperature after every model version, so selection
+            explores early and exploits late.
     """
 
-    epochs: int = 50
+    steps: int = 2000
+    epochs: int | None = None
     learning_rate: float = 1e-3
+    lr_schedule: Literal["poly", "constant"] = "poly"
+    augment: bool = True
+    flip_axes: tuple[int, ...] = ()
+    val_every: int = 250
     batch_size: int = 2
     patch_size: tuple[int, int, int] = (96, 96, 96)
     mc_passes: int = 5
@@ -52,12 +71,28 @@ class TrainParams:
     foreground_ratio: float = 0.67
     sw_overlap: float = 0.25
     sw_batch_size: int = 1
+    query_size: int = 10
+    temperature: float = 1.0
+    temperature_decay: float = 0.5
 
     def validate(self) -> None:
         """Check every field, raising ``ValueError`` with a plain message for the first bad one."""
-        for name in ("epochs", "batch_size", "mc_passes", "samples_per_volume", "sw_batch_size"):
+        for name in ("steps", "batch_size", "mc_passes", "samples_per_volume", "sw_batch_size", "query_size"):
             _require_int(name, getattr(self, name), minimum=1)
+        if self.epochs is not None:
+            _require_int("epochs", self.epochs, minimum=1)
         _require_int("num_res_units", self.num_res_units, minimum=0)
+        _require_int("val_every", self.val_every, minimum=0)
+        if self.lr_schedule not in ("poly", "constant"):
+            raise ValueError(f"lr_schedule must be poly or constant, got {self.lr_schedule!r}")
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"augment must be true or false, got {self.augment!r}")
+        if not isinstance(self.flip_axes, tuple) or any(a not in (0, 1, 2) for a in self.flip_axes):
+            raise ValueError(f"flip_axes must be a list of axes among 0, 1, 2, got {self.flip_axes!r}")
+        for name in ("temperature", "temperature_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         _require_int("seed", self.seed, minimum=0)
         lr = self.learning_rate
         if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
@@ -88,6 +123,16 @@ class TrainParams:
             raise ValueError(
                 f"patch_size must be divisible by {factor} (the product of strides), got {self.patch_size!r}"
             )
+
+    def steps_for(self, cases: int) -> int:
+        """The optimiser steps of one training run on ``cases`` labelled cases."""
+        if self.epochs is None:
+            return self.steps
+        return self.epochs * max(1, math.ceil(cases * self.samples_per_volume / self.batch_size))
+
+    def temperature_at(self, round_index: int) -> float:
+        """Selection temperature after ``round_index`` earlier model versions."""
+        return float(self.temperature * self.temperature_decay ** max(round_index, 0))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields (tuples become lists)."""

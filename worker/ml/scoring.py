@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from worker.ml.inference import default_device, sliding_window_probabilities
-from worker.ml.network import consistent_dropout_modules, mc_dropout_mode
+from worker.ml.network import consistent_dropout_modules, mc_dropout_mode, preserve_modes
 from worker.ml.params import TrainParams
 
 __all__ = [
@@ -25,10 +25,13 @@ __all__ = [
     "RunningMoments",
     "ScoreResult",
     "Strategy",
+    "foreground_variance",
     "get_strategy",
     "mc_dropout_statistics",
+    "rank_cases",
     "register_strategy",
     "score_case",
+    "structure_uncertainties",
     "variance_score_from_probs",
 ]
 
@@ -43,11 +46,15 @@ class ScoreResult:
         score: ranking score; higher means annotate first.
         extras: further named statistics (plain floats).
         voxel_map: optional (D, H, W) float32 per-voxel uncertainty on the image grid.
+        prediction: (D, H, W) uint8 label map of the deterministic (eval-mode) pass, served to annotators.
+        embedding: (F,) bottleneck features of that pass, averaged over space (core-set selection).
     """
 
     score: float
     extras: dict[str, float] = field(default_factory=dict)
     voxel_map: np.ndarray | None = None
+    prediction: np.ndarray | None = None
+    embedding: np.ndarray | None = None
 
 
 class Strategy(Protocol):
@@ -90,8 +97,9 @@ def score_case(
     *,
     case_key: int,
     device: str | None = None,
+    with_prediction: bool = True,
 ) -> ScoreResult:
-    """Score one unlabelled case.
+    """Score one unlabelled case, with the model's prediction and embedding from one deterministic pass.
 
     Args:
         model: trained segmentation network (moved to ``device``; its modes are restored afterwards).
@@ -100,10 +108,21 @@ def score_case(
         params: T = ``mc_passes``, the seed, and sliding-window settings.
         case_key: stable integer identifying the case; only "random" uses it.
         device: "cpu", "cuda", ...; None picks CUDA when available.
+        with_prediction: run the deterministic pass for ``prediction`` and ``embedding``.
     """
     func = get_strategy(strategy)
     params.validate()
-    return func(model, image_norm, params, case_key=case_key, device=default_device(device))
+    dev = default_device(device)
+    result = func(model, image_norm, params, case_key=case_key, device=dev)
+    if with_prediction:
+        embedding: list[torch.Tensor] = []
+        model.to(dev)
+        with preserve_modes(model), torch.inference_mode():
+            model.eval()
+            probs = sliding_window_probabilities(model, image_norm, params, embedding)
+        result.prediction = probs.argmax(dim=0).cpu().numpy().astype(np.uint8)
+        result.embedding = embedding[0].cpu().numpy().astype(np.float32)
+    return result
 
 
 class RunningMoments:
@@ -239,13 +258,43 @@ def _to_map(x: torch.Tensor) -> np.ndarray:
     return x.float().cpu().numpy().astype(np.float32, copy=False)
 
 
+# The largest variance a probability can have: a case whose prediction has no foreground at all is
+# treated as maximally uncertain, because these projects segment structures every case contains, so an
+# empty prediction means the model missed them entirely (the cases most worth labelling).
+MAX_VARIANCE = 0.25
+
+
 def _variance_result(stats: MCStatistics, fg_normalised: bool) -> ScoreResult:
     voxel_var = stats.moments.variance.mean(dim=0)
-    foreground = stats.moments.mean.argmax(dim=0) > 0
-    fg_mean = float(voxel_var[foreground].mean()) if bool(foreground.any()) else 0.0
+    fg_mean = foreground_variance(stats)
     total = float(voxel_var.sum())
     extras = {"variance_mean": float(voxel_var.mean()), "variance_fg_mean": fg_mean}
     return ScoreResult(score=fg_mean if fg_normalised else total, extras=extras, voxel_map=_to_map(voxel_var))
+
+
+def foreground_variance(stats: MCStatistics) -> float:
+    """Mean over predicted-foreground voxels of the variance averaged over the foreground classes.
+
+    Background and air are left out of both averages (they dilute the paper's whole-volume score);
+    an empty foreground gives :data:`MAX_VARIANCE` so the case is ranked first, not last.
+    """
+    foreground = stats.moments.mean[0] < 0.5  # P(background) < 0.5: some structure is more likely
+    if not bool(foreground.any()):
+        return MAX_VARIANCE
+    return float(stats.moments.variance[1:].mean(dim=0)[foreground].mean())
+
+
+def structure_uncertainties(stats: MCStatistics) -> list[float]:
+    """One uncertainty per foreground structure c: the mean variance of P(c) where P(c) > 0.25.
+
+    The region includes the structure's uncertain border; a structure with no such voxel gets
+    :data:`MAX_VARIANCE` (the model missed it).
+    """
+    out = []
+    for c in range(1, stats.moments.mean.shape[0]):
+        region = stats.moments.mean[c] > 0.25
+        out.append(float(stats.moments.variance[c][region].mean()) if bool(region.any()) else MAX_VARIANCE)
+    return out
 
 
 @register_strategy("mc_dropout_variance")
@@ -260,7 +309,7 @@ def _mc_dropout_variance(
 def _mc_dropout_variance_fg(
     model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
 ) -> ScoreResult:
-    """As mc_dropout_variance, but ranked by the mean variance over predicted-foreground voxels."""
+    """Ranked by the foreground-class variance over predicted-foreground voxels (see foreground_variance)."""
     return _variance_result(mc_dropout_statistics(model, image_norm, params, device), fg_normalised=True)
 
 
@@ -297,3 +346,108 @@ def _random(
     if case_key < 0:
         raise ValueError(f"case_key must be >= 0 for the random strategy, got {case_key}")
     return ScoreResult(score=float(np.random.default_rng([params.seed, case_key]).random()))
+
+
+@register_strategy("stratified_power")
+def _stratified_power(
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+) -> ScoreResult:
+    """Per-structure MC-dropout uncertainty; the ranking fills batches round-robin across structures by
+    power (Gumbel) sampling (see :func:`rank_cases`). The score shown is the mean over structures."""
+    stats = mc_dropout_statistics(model, image_norm, params, device)
+    per_structure = structure_uncertainties(stats)
+    extras = {f"structure_{c}": u for c, u in enumerate(per_structure, start=1)}
+    voxel_var = stats.moments.variance[1:].mean(dim=0)
+    return ScoreResult(score=float(np.mean(per_structure)), extras=extras, voxel_map=_to_map(voxel_var))
+
+
+@register_strategy("coreset")
+def _coreset(
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+) -> ScoreResult:
+    """Foreground MC-dropout variance; the ranking spreads the most uncertain cases by k-center greedy
+    selection over bottleneck embeddings (see :func:`rank_cases`)."""
+    return _variance_result(mc_dropout_statistics(model, image_norm, params, device), fg_normalised=True)
+
+
+# --- from scores to an annotation order ----------------------------------------------------------
+
+Ranker = Callable[[list[tuple[int, ScoreResult]], TrainParams, int], list[int]]
+
+
+def rank_cases(
+    strategy: str, results: list[tuple[int, ScoreResult]], params: TrainParams, round_index: int
+) -> list[int]:
+    """The annotate-first order of the scored cases.
+
+    Args:
+        strategy: the strategy that scored them.
+        results: (case key, result) pairs.
+        params: seed, query_size and the selection temperature schedule.
+        round_index: how many model versions came before this one (0 for the first); stochastic
+            selection cools as it grows.
+
+    Returns:
+        Case keys, first to annotate first. Most strategies sort by score (ties by key); batch-aware
+        strategies build the order themselves.
+    """
+    get_strategy(strategy)
+    return RANKERS.get(strategy, _by_score)(results, params, round_index)
+
+
+def _by_score(results: list[tuple[int, ScoreResult]], params: TrainParams, round_index: int) -> list[int]:
+    return [key for key, _ in sorted(results, key=lambda kr: (-kr[1].score, kr[0]))]
+
+
+def _stratified_order(results: list[tuple[int, ScoreResult]], params: TrainParams, round_index: int) -> list[int]:
+    """Round-robin over structures; each pick is drawn with probability proportional to u^(1/temperature)
+    among the cases left (Gumbel-max on log u), so early rounds explore and later ones exploit."""
+    if not results:
+        return []
+    keys = [key for key, _ in sorted(results, key=lambda kr: kr[0])]
+    by_key = dict(results)
+    names = sorted((k for k in by_key[keys[0]].extras if k.startswith("structure_")), key=lambda n: int(n[10:]))
+    if not names:
+        return _by_score(results, params, round_index)
+    u = np.array([[by_key[k].extras[n] for n in names] for k in keys], dtype=np.float64)
+    logits = np.log(np.maximum(u, 1e-12))
+    temperature = params.temperature_at(round_index)
+    rng = np.random.default_rng([params.seed, round_index])
+    left = np.ones(len(keys), dtype=bool)
+    order: list[int] = []
+    for pick in range(len(keys)):
+        column = logits[:, pick % len(names)]
+        noisy = column / temperature + rng.gumbel(size=len(keys)) if temperature > 0 else column.copy()
+        noisy[~left] = -np.inf
+        chosen = int(np.argmax(noisy))
+        left[chosen] = False
+        order.append(keys[chosen])
+    return order
+
+
+def _coreset_order(results: list[tuple[int, ScoreResult]], params: TrainParams, round_index: int) -> list[int]:
+    """k-center greedy over the embeddings of the 3 x query_size most uncertain cases, then the rest by score.
+
+    The first pick is the most uncertain case; each next one is the candidate farthest (in normalised
+    bottleneck features) from those already picked, so near-duplicates are not taken together.
+    """
+    ranked = _by_score(results, params, round_index)
+    by_key = dict(results)
+    candidates = ranked[: min(len(ranked), 3 * params.query_size)]
+    if len(candidates) < 2 or any(by_key[k].embedding is None for k in candidates):
+        return ranked
+    features = np.stack([np.asarray(by_key[k].embedding, dtype=np.float64) for k in candidates])
+    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    distance = np.linalg.norm(features - features[0], axis=1)
+    picked = [0]
+    distance[0] = -1.0
+    while len(picked) < len(candidates):
+        nxt = int(np.argmax(distance))  # ties go to the more uncertain candidate (lower index)
+        picked.append(nxt)
+        distance = np.minimum(distance, np.linalg.norm(features - features[nxt], axis=1))
+        distance[picked] = -1.0
+    head = [candidates[i] for i in picked]
+    return head + ranked[len(candidates):]
+
+
+RANKERS: dict[str, Ranker] = {"stratified_power": _stratified_order, "coreset": _coreset_order}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,7 @@ from torch import nn
 from worker.ml.inference import default_device
 from worker.ml.network import DEFAULT_NORM, NormSpec, build_unet
 from worker.ml.params import TrainParams
-from worker.ml.transforms import normalise, sample_patches
+from worker.ml.transforms import make_augmentation, normalise, sample_patches
 
 __all__ = ["TrainResult", "TrainingCancelled", "train_model"]
 
@@ -32,14 +32,24 @@ class TrainResult:
     """Outcome of :func:`train_model`.
 
     Args:
-        state_dict: trained weights, on the CPU.
-        epoch_losses: mean training loss of each epoch, in order.
+        state_dict: the kept weights (best validation Dice when validation cases were given, else the
+            last), on the CPU.
+        epoch_losses: mean training loss of each logging interval (``LOG_EVERY`` steps), in order.
         seconds: wall-clock training time.
+        steps: optimiser steps run.
+        best_step: the step whose weights were kept.
+        validation: (step, mean foreground validation Dice) at each evaluation.
     """
 
     state_dict: dict[str, torch.Tensor]
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    steps: int = 0
+    best_step: int = 0
+    validation: list[tuple[int, float]] = field(default_factory=list)
+
+
+LOG_EVERY = 50
 
 
 def train_model(
@@ -54,15 +64,17 @@ def train_model(
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
     norm: NormSpec = DEFAULT_NORM,
+    val_images: Sequence[np.ndarray] = (),
+    val_labels: Sequence[np.ndarray] = (),
 ) -> TrainResult:
     """Train a UNet (see :func:`worker.ml.network.build_unet`) with DiceCE loss and Adam.
 
-    An epoch is one pass over the labelled cases in a shuffled order, each case giving
-    ``params.samples_per_volume`` patches, so the work per epoch grows with the labelled set. Patches are
-    batched in order (a batch may span two cases; the last batch of an epoch may be smaller).
-    Results are deterministic for a given ``params.seed`` on a given device: the seed drives MONAI's
-    ``set_determinism`` (weight init, training-time dropout), a numpy Generator (patch sampling) and a torch
-    Generator (case order).
+    A run is a fixed budget of ``params.steps_for(len(images))`` optimiser steps; each step draws
+    ``batch_size`` cases at random and one patch from each (foreground-centred with probability
+    ``foreground_ratio``), augmented when ``params.augment``. The learning rate follows
+    ``params.lr_schedule``. With validation cases the model is evaluated every ``params.val_every`` steps
+    and at the end, and the weights with the best mean foreground Dice are returned.
+    Results are deterministic for a given ``params.seed`` on a given device.
 
     Args:
         images: (D, H, W) raw images (normalised here according to ``modality``).
@@ -71,13 +83,15 @@ def train_model(
         modality: "CT" or "MR".
         params: hyperparameters; validated first.
         init_state: weights to start from (e.g. the previous model version) instead of a fresh init.
-        progress: called as ``progress(epoch, mean_loss)`` after each epoch, epoch counting from 1.
+        progress: called as ``progress(step, mean_loss)`` every ``LOG_EVERY`` steps and at the end.
         should_stop: polled before every optimiser step; returning True raises :class:`TrainingCancelled`.
         device: "cpu", "cuda", ...; None picks CUDA when available.
         norm: normalisation layer spec passed to :func:`build_unet`.
+        val_images: raw validation images, for checkpoint selection.
+        val_labels: their label maps.
 
     Returns:
-        :class:`TrainResult` with CPU weights, per-epoch mean losses and the elapsed seconds.
+        :class:`TrainResult` with CPU weights, losses, the kept step and the validation history.
     """
     params.validate()
     norm_images, int_labels = _prepare_cases(images, labels, num_classes, modality)
@@ -85,34 +99,81 @@ def train_model(
     start = time.perf_counter()
     set_determinism(seed=params.seed)
     rng = np.random.default_rng(params.seed)
-    order_gen = torch.Generator().manual_seed(params.seed)
-
     model = build_unet(num_classes, params, norm=norm)
     if init_state is not None:
         model.load_state_dict(init_state)
     model.to(dev).train()
+    steps = params.steps_for(len(norm_images))
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(params.lr_schedule, steps))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    augment = make_augmentation(params) if params.augment else None
+    keeper = _BestKeeper(model, val_images, val_labels, modality, params, dev)
 
-    epoch_losses: list[float] = []
-    for epoch in range(1, params.epochs + 1):
-        order = torch.randperm(len(norm_images), generator=order_gen).tolist()
-        batches = _batches(norm_images, int_labels, order, params, rng)
-        step_losses = []
-        for x, y in batches:
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"training cancelled during epoch {epoch}")
-            step_losses.append(_train_step(model, optimiser, loss_fn, x.to(dev), y.to(dev)))
-        mean_loss = float(np.mean(step_losses))
-        epoch_losses.append(mean_loss)
-        logger.debug("epoch %d/%d: loss %.5f", epoch, params.epochs, mean_loss)
-        if progress is not None:
-            progress(epoch, mean_loss)
+    losses: list[float] = []
+    window: list[float] = []
+    for step in range(1, steps + 1):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(f"training cancelled at step {step} of {steps}")
+        x, y = _batch(norm_images, int_labels, params, rng, augment)
+        window.append(_train_step(model, optimiser, loss_fn, x.to(dev), y.to(dev)))
+        scheduler.step()
+        if step % LOG_EVERY == 0 or step == steps:
+            losses.append(float(np.mean(window)))
+            window = []
+            if progress is not None:
+                progress(step, losses[-1])
+        if step == steps or (params.val_every and step % params.val_every == 0):
+            keeper.check(step)
 
     seconds = time.perf_counter() - start
-    logger.info("trained %d epoch(s) on %d case(s) in %.1f s", params.epochs, len(norm_images), seconds)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return TrainResult(state_dict=state, epoch_losses=epoch_losses, seconds=seconds)
+    logger.info("trained %d step(s) on %d case(s) in %.1f s; kept step %d", steps, len(norm_images), seconds,
+                keeper.best_step)
+    return TrainResult(state_dict=keeper.state(), epoch_losses=losses, seconds=seconds, steps=steps,
+                       best_step=keeper.best_step, validation=keeper.history)
+
+
+def _schedule(kind: str, steps: int) -> Callable[[int], float]:
+    warmup = max(1, steps // 20)
+
+    def poly(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1.0 - step / steps) ** 0.9
+
+    return poly if kind == "poly" else (lambda _step: 1.0)
+
+
+class _BestKeeper:
+    """Keeps the weights with the best validation Dice (or the last weights without validation cases)."""
+
+    def __init__(self, model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], modality: str,
+                 params: TrainParams, device: torch.device) -> None:
+        self.model, self.images, self.labels = model, list(images), list(labels)
+        self.modality, self.params, self.device = modality, params, str(device)
+        self.best_dice = -1.0
+        self.best_step = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[tuple[int, float]] = []
+
+    def check(self, step: int) -> None:
+        if not self.images:
+            self.best_step, self.best_state = step, None
+            return
+        from worker.ml.inference import evaluate
+
+        dice = float(evaluate(self.model, self.images, self.labels, self.modality, self.params,
+                              self.device)["mean_dice"])
+        self.model.train()
+        self.history.append((step, round(dice, 5)))
+        if dice > self.best_dice:
+            self.best_dice, self.best_step = dice, step
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        if self.best_state is not None:
+            return self.best_state
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
 
 def _prepare_cases(
@@ -137,32 +198,23 @@ def _prepare_cases(
     return norm_images, int_labels
 
 
-def _batches(
+def _batch(
     images: list[np.ndarray],
     labels: list[np.ndarray],
-    order: list[int],
     params: TrainParams,
     rng: np.random.Generator,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (B, 1, *patch) image and label batches, sampling each case's patches lazily.
-
-    Lazy sampling keeps at most one batch of patches in memory, whatever the number of cases.
-    """
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
-    for idx in order:
-        pending += sample_patches(
-            images[idx],
-            labels[idx],
-            params.patch_size,
-            params.samples_per_volume,
-            params.foreground_ratio,
-            rng,
-        )
-        while len(pending) >= params.batch_size:
-            yield _collate(pending[: params.batch_size])
-            pending = pending[params.batch_size :]
-    if pending:
-        yield _collate(pending)
+    augment: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (B, 1, *patch) batch: ``batch_size`` cases drawn at random, one (augmented) patch each."""
+    pairs = []
+    for idx in rng.integers(len(images), size=params.batch_size):
+        image, label = sample_patches(images[idx], labels[idx], params.patch_size, 1, params.foreground_ratio,
+                                      rng)[0]
+        if augment is not None:
+            out = augment({"image": image[None], "label": label[None]})
+            image, label = np.asarray(out["image"])[0], np.asarray(out["label"])[0]
+        pairs.append((np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label).astype(np.int64)))
+    return _collate(pairs)
 
 
 def _collate(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:

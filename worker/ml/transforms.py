@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["CT_WINDOW", "MODALITIES", "normalise", "pad_to_size", "sample_patches"]
+__all__ = ["CT_WINDOW", "MODALITIES", "make_augmentation", "normalise", "pad_to_size", "sample_patches"]
 
 MODALITIES: tuple[str, ...] = ("CT", "MR")
 
@@ -112,3 +113,33 @@ def sample_patches(
         box = tuple(slice(b, b + s) for b, s in zip(start, size, strict=True))
         patches.append((np.ascontiguousarray(image[box]), np.ascontiguousarray(label[box])))
     return patches
+
+
+def make_augmentation(params: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """MONAI augmentation of a {"image": (1, D, H, W), "label": (1, D, H, W)} patch, seeded by ``params.seed``.
+
+    Small rotations (up to 15 degrees) and scaling (up to 10 %), intensity scale and shift, Gaussian
+    noise, and flips along ``params.flip_axes``: the usual nnU-Net-style set, kept mild because patches
+    are small and labels must stay on their structures.
+    """
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    keys = ["image", "label"]
+    transforms: list[Any] = [
+        RandAffined(keys, prob=0.3, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.1, 0.1, 0.1),
+                    mode=("bilinear", "nearest"), padding_mode="border"),
+        RandScaleIntensityd("image", factors=0.1, prob=0.3),
+        RandShiftIntensityd("image", offsets=0.1, prob=0.3),
+        RandGaussianNoised("image", prob=0.15, std=0.05),
+        *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in params.flip_axes),
+    ]
+    pipeline = Compose(transforms)
+    pipeline.set_random_state(seed=params.seed)
+    return pipeline
