@@ -16,13 +16,14 @@ from sqlalchemy import select
 
 from app.cases.imaging import read_nifti
 from app.core import db
-from app.models import Cycle, Project
+from app.models import CaseScore, Cycle, Project, RankingEntry
 from tests.conftest import Login
 from tests.factories import create_project, encode, upload_case, upload_label
 from tests.ml.synthetic import cube_case
 from worker import pipeline
 
-TINY = {"epochs": 2, "learning_rate": 0.01, "batch_size": 2, "patch_size": [16, 16, 16], "mc_passes": 2,
+TINY = {"strategy": "mc_dropout_variance",
+        "epochs": 2, "learning_rate": 0.01, "batch_size": 2, "patch_size": [16, 16, 16], "mc_passes": 2,
         "channels": [4, 8, 16], "strides": [2, 2], "samples_per_volume": 1, "seed": 3}
 
 
@@ -234,3 +235,35 @@ def test_prediction_before_any_cycle_is_404(client: TestClient, admin: Login, cu
     r = client.get(f"/api/v1/cases/{case_id}/prediction", headers=admin.headers)
     assert r.status_code == 404 and r.json()["detail"].startswith(f"case {case_id} has no prediction yet")
 
+
+
+def test_default_strategy_is_random(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int]
+) -> None:
+    body = {k: v for k, v in TINY.items() if k != "strategy"}
+    r = client.post(f"/api/v1/projects/{cube_project['id']}/cycles", json=body, headers=admin.headers)
+    assert r.status_code == 202 and r.json()["strategy"] == "random"
+
+
+@pytest.mark.parametrize("strategy", ["stratified_power", "coreset"])
+def test_batch_aware_strategy_publishes_its_own_order(
+    client: TestClient, admin: Login, annotator: Login, cube_project: dict[str, Any], no_broker: list[int],
+    strategy: str,
+) -> None:
+    from worker.ml.params import TrainParams
+    from worker.ml.scoring import ScoreResult, rank_cases
+
+    cycle_id = start(client, admin, cube_project["id"], strategy=strategy, query_size=2).json()["id"]
+    pipeline.run_cycle(cycle_id)
+    cycle = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()
+    assert cycle["status"] == "done", cycle["error"]
+    with db.session_scope() as session:
+        rows = list(session.execute(select(CaseScore.case_id, CaseScore.score, CaseScore.extras)
+                                    .where(CaseScore.cycle_id == cycle_id)))
+        entries = list(session.scalars(select(RankingEntry).where(RankingEntry.ranking_id == cycle["ranking_id"])
+                                       .order_by(RankingEntry.rank)))
+    results = [(cid, ScoreResult(score=s, extras={k: v for k, v in x.items() if k != "embedding"},
+                                 embedding=np.asarray(x["embedding"]))) for cid, s, x in rows]
+    params = TrainParams.from_dict(cycle["params"])
+    assert [e.case_id for e in entries] == rank_cases(strategy, results, params, round_index=0)
+    assert sorted(e.case_id for e in entries) == cube_project["case_ids"][5:]
