@@ -162,8 +162,10 @@ def simulate(
     val: Annotated[int, typer.Option(help="validation cases (paper: 6)")] = 6,
     test: Annotated[int, typer.Option(help="test cases, evaluated after every cycle (paper: 22)")] = 22,
     strategies: Annotated[str, typer.Option(help="comma-separated strategies")] = "mc_dropout_variance,random",
-    seeds: Annotated[int, typer.Option(help="repetitions with different splits")] = 3,
-    epochs: Annotated[int | None, typer.Option(help="training epochs per cycle")] = None,
+    seeds: Annotated[int, typer.Option(help="split seeds 0..N-1: repetitions with different splits")] = 3,
+    train_seeds: Annotated[int, typer.Option(help="training seeds 0..N-1 per split seed (replicates)")] = 1,
+    steps: Annotated[int | None, typer.Option(help="optimiser steps per training")] = None,
+    epochs: Annotated[int | None, typer.Option(help="legacy: training epochs per cycle (overrides --steps)")] = None,
     mc_passes: Annotated[int | None, typer.Option(help="T, MC-dropout passes (paper: 5)")] = None,
     dropout: Annotated[float | None, typer.Option(help="p (paper: 0.5)")] = None,
     params: Annotated[str, typer.Option(help='more cycle parameters as JSON: {"patch_size": [32, 64, 64]}')] = "{}",
@@ -171,24 +173,48 @@ def simulate(
     full_pool: Annotated[bool, typer.Option(help="also train once on the whole pool (the ceiling)")] = True,
     url: Annotated[str | None, typer.Option(help="a running NextCase server (default: start an embedded one)")] = None,
     token: Annotated[str | None, typer.Option(help="admin token for --url")] = None,
+    engine: Annotated[str, typer.Option(help="service: through the REST API; direct: the same ML functions in "
+                                             "parallel processes, no service (python -m worker.experiment)")]
+    = "service",
+    workers: Annotated[int, typer.Option(help="--engine direct: campaigns at a time")] = 1,
+    device: Annotated[str, typer.Option(help="--engine direct: cpu or cuda")] = "cpu",
+    warm_steps: Annotated[int | None, typer.Option(help="--engine direct: steps when warm-starting")] = None,
 ) -> None:
-    """Replay an annotation campaign with an oracle annotator, through the REST API.
+    """Replay annotation campaigns with an oracle annotator and report active selection against random.
 
     The paper's protocol: --initial 11 --per-cycle 5 --cycles 4 --val 6 --test 22
     --strategies mc_dropout_variance,random --seeds 3 --mc-passes 5 --dropout 0.5
     """
     import json
 
+    extra = {"steps": steps, "epochs": epochs, "mc_passes": mc_passes, "dropout": dropout}
+    cycle_params = {**json.loads(params), **{k: v for k, v in extra.items() if v is not None}}
+    arms = [s.strip() for s in strategies.split(",") if s.strip()]
+    if engine not in ("service", "direct"):
+        raise typer.BadParameter(f"must be service or direct, got {engine!r}", param_hint="--engine")
+    if engine == "direct":
+        if resample != 1.0 or url:
+            raise typer.BadParameter("--resample and --url belong to --engine service", param_hint="--engine")
+        from app.report import write_report
+        from worker.experiment import Protocol as DirectProtocol
+        from worker.experiment import run_experiment
+
+        direct = DirectProtocol(initial=initial, per_cycle=per_cycle, cycles=cycles, test=test, val=val, arms=arms,
+                                split_seeds=list(range(seeds)), train_seeds=list(range(train_seeds)),
+                                params=cycle_params, warm_steps=warm_steps)
+        run_experiment(dataset_dir, direct, out, workers=workers, device=device)
+        write_report(out)
+        console.print(f"results in {out}/results.csv, {out}/per_case.csv, {out}/summary.md")
+        return
     from app.simulation import Protocol
     from app.simulation import simulate as run_simulation
 
-    extra = {"epochs": epochs, "mc_passes": mc_passes, "dropout": dropout}
-    protocol = Protocol(initial=initial, per_cycle=per_cycle, cycles=cycles, val=val, test=test,
-                        strategies=[s.strip() for s in strategies.split(",") if s.strip()], seeds=seeds,
-                        params={**json.loads(params), **{k: v for k, v in extra.items() if v is not None}},
-                        resample=resample, full_pool=full_pool)
+    protocol = Protocol(initial=initial, per_cycle=per_cycle, cycles=cycles, val=val, test=test, strategies=arms,
+                        seeds=seeds, train_seeds=train_seeds, params=cycle_params, resample=resample,
+                        full_pool=full_pool)
     results = run_simulation(dataset_dir, out, protocol, url=url, token=token, progress=console.print)
-    console.print(f"{len(results)} runs; results in {out}/results.csv, {out}/dice_vs_labelled.png, {out}/summary.md")
+    console.print(f"{len(results)} runs; results in {out}/results.csv, {out}/per_case.csv, "
+                  f"{out}/dice_vs_labelled.png, {out}/summary.md")
 
 
 @cli.command("worker")

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import SimpleITK as sitk
 
 from app.bulk_import import read_msd
@@ -41,7 +40,8 @@ class Protocol:
     val: int = 6
     test: int = 22
     strategies: list[str] = field(default_factory=lambda: ["mc_dropout_variance", "random"])
-    seeds: int = 3
+    seeds: int = 3  # split seeds 0..seeds-1: splits and initial labelled set
+    train_seeds: int = 1  # training replicates per split seed: the cycles' seed (weights, patches, MC masks)
     params: dict[str, Any] = field(default_factory=dict)
     resample: float = 1.0
     full_pool: bool = True
@@ -96,12 +96,11 @@ class Splits:
 
 
 def draw_splits(names: list[str], protocol: Protocol, seed: int) -> Splits:
-    needed = protocol.test + protocol.val + protocol.initial
-    if len(names) < needed + 1:
-        raise ValueError(f"the dataset has {len(names)} labelled cases; the protocol needs more than {needed}")
-    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-    return Splits(order[: protocol.test], order[protocol.test : protocol.test + protocol.val],
-                  order[protocol.test + protocol.val :])
+    """The same splits as ``python -m worker.experiment`` draws for this seed."""
+    from worker.experiment import draw_splits as shared_splits
+
+    drawn = shared_splits(names, protocol.test, protocol.val, protocol.initial, seed)
+    return Splits(drawn.test, drawn.val, drawn.pool)
 
 
 # --- service -----------------------------------------------------------------------------------
@@ -180,30 +179,42 @@ def _wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
 class RunResult:
     strategy: str
     seed: int
+    train_seed: int
     rows: list[dict[str, Any]]
     initial: list[str]
     claimed: list[list[str]]
+    per_case: list[dict[str, Any]] = field(default_factory=list)
+    project_id: int = 0
+    ids: dict[str, int] = field(default_factory=dict)
+    next_cycle: int = 0
+    done: bool = False
 
 
 class Run:
-    """One (strategy, seed) campaign in a project of its own."""
+    """One (strategy, split seed, train seed) campaign in a project of its own."""
 
-    def __init__(self, service: Service, dataset: Any, cases: list[Case], protocol: Protocol, strategy: str,
-                 seed: int, tag: str) -> None:
-        self.s, self.protocol, self.strategy, self.seed = service, protocol, strategy, seed
+    def __init__(self, service: Service, dataset: Any, cases: list[Case], protocol: Protocol, state: RunResult,
+                 tag: str) -> None:
+        self.s, self.protocol, self.state = service, protocol, state
+        self.strategy, self.seed, self.train_seed = state.strategy, state.seed, state.train_seed
         self.cases = {c.name: c for c in cases}
-        self.splits = draw_splits(sorted(self.cases), protocol, seed)
-        project = service.ok(service.admin.post("/projects", json={
-            "name": f"sim-{tag}-{strategy}-seed{seed}", "modality": dataset.modality, "labels": dataset.labels}))
-        self.project_id, self.labels = int(project["id"]), list(dataset.labels)
-        self.ids: dict[str, int] = {}
-        self.names: dict[int, str] = {}
+        self.splits = draw_splits(sorted(self.cases), protocol, self.seed)
+        self.labels = list(dataset.labels)
+        if not state.project_id:
+            project = service.ok(service.admin.post("/projects", json={
+                "name": f"sim-{tag}-{self.strategy}-seed{self.seed}-train{self.train_seed}",
+                "modality": dataset.modality, "labels": dataset.labels}))
+            state.project_id = int(project["id"])
+        self.project_id = state.project_id
+        self.ids: dict[str, int] = dict(state.ids)
+        self.names: dict[int, str] = {i: n for n, i in self.ids.items()}
 
     def _import(self) -> None:
         for name, case in self.cases.items():
             created = self.s.ok(self.s.admin.post(f"/projects/{self.project_id}/cases", data={"patient": name},
                                                   files={"file": (f"{name}.nii.gz", case.image)}))
             self.ids[name], self.names[int(created["id"])] = int(created["id"]), name
+        self.state.ids = dict(self.ids)
 
     def _label(self, client: httpx.Client, name: str) -> None:
         self.s.ok(client.put(f"/cases/{self.ids[name]}/label",
@@ -224,7 +235,7 @@ class Run:
         return initial
 
     def cycle(self, strategy: str) -> dict[str, Any]:
-        body = {**self.protocol.params, "strategy": strategy, "seed": self.seed}
+        body = {**self.protocol.params, "strategy": strategy, "seed": self.train_seed}
         started = time.monotonic()
         cycle = self.s.ok(self.s.admin.post(f"/projects/{self.project_id}/cycles", json=body))
         while cycle["status"] in ("queued", "running"):
@@ -246,73 +257,131 @@ class Run:
             claimed.append(name)
         return claimed
 
-    def row(self, cycle_index: int, cycle: dict[str, Any], labelled: int) -> dict[str, Any]:
+    def labelled_in_pool(self) -> int:
+        page = self.s.ok(self.s.admin.get(f"/projects/{self.project_id}/cases",
+                                          params={"split": "pool", "status": "labelled", "limit": 1}))
+        return int(page["total"])
+
+    def row(self, cycle_index: int, cycle: dict[str, Any], labelled: int, spearman: float | None) -> dict[str, Any]:
         test = cycle["metrics"].get("test") or {}
         per_class = test.get("per_class") or {}
         row: dict[str, Any] = {
-            "strategy": self.strategy, "seed": self.seed, "cycle": cycle_index, "labelled": labelled,
-            "labelled_fraction": round(labelled / len(self.splits.pool), 4),
+            "strategy": self.strategy, "split_seed": self.seed, "train_seed": self.train_seed, "cycle": cycle_index,
+            "labelled": labelled, "labelled_fraction": round(labelled / len(self.splits.pool), 4),
         }
         row.update({f"dice_{name}": per_class.get(name) for name in self.labels[1:]})
-        row.update(mean_dice=test.get("mean_dice"), wall_time_s=cycle["wall_time_s"])
+        row.update(mean_dice=test.get("mean_dice"), spearman=spearman, wall_time_s=cycle["wall_time_s"])
         return row
 
+    def per_case(self, cycle_index: int, cycle: dict[str, Any], labelled: int) -> list[dict[str, Any]]:
+        """Test Dice of every test case (the cycle's metrics keep them by case id)."""
+        out = []
+        for case in (cycle["metrics"].get("test") or {}).get("per_case", []):
+            out.append({"strategy": self.strategy, "split_seed": self.seed, "train_seed": self.train_seed,
+                        "cycle": cycle_index, "labelled": labelled, "case": self.names[int(case["case_id"])],
+                        "mean_dice": case["mean_dice"],
+                        **{f"dice_{n}": case["per_class"].get(n) for n in self.labels[1:]}})
+        return out
 
-def run_campaign(service: Service, dataset: Any, cases: list[Case], protocol: Protocol, strategy: str, seed: int,
-                 tag: str, progress: Callable[[str], None]) -> RunResult:
-    run = Run(service, dataset, cases, protocol, strategy, seed, tag)
-    if strategy == FULL_POOL:
-        initial = run.prepare(len(run.splits.pool))
-        cycle = run.cycle("random")
-        progress(f"{strategy} seed {seed}: mean test Dice {cycle['metrics'].get('test', {}).get('mean_dice')}")
-        return RunResult(strategy, seed, [run.row(0, cycle, len(initial))], initial, [])
-    initial = run.prepare(protocol.initial)
-    labelled, rows, claimed_all = len(initial), [], []
-    for index in range(protocol.cycles + 1):
-        cycle = run.cycle(strategy)
-        rows.append(run.row(index, cycle, labelled))
-        progress(f"{strategy} seed {seed} cycle {index}: {labelled} labelled, "
-                 f"mean test Dice {rows[-1]['mean_dice']}, {cycle['wall_time_s']} s")
-        if index < protocol.cycles:
-            claimed = run.annotate_next(protocol.per_cycle)
-            claimed_all.append(claimed)
-            labelled += len(claimed)
-    return RunResult(strategy, seed, rows, initial, claimed_all)
+    def score_error_correlation(self) -> float | None:
+        """Spearman correlation of the published scores with each unlabelled case's true error
+        (1 - mean foreground Dice of the served prediction against the oracle's mask)."""
+        from worker.experiment import spearman
+
+        page = self.s.ok(self.s.admin.get(f"/projects/{self.project_id}/queue", params={"limit": 1000}))
+        scores, errors = [], []
+        for item in page["items"]:
+            if item["status"] != "open" or item["score"] is None:
+                continue
+            response = self.s.admin.get(f"/cases/{item['case_id']}/prediction")
+            if response.status_code != 200:
+                continue
+            truth = self.cases[self.names[int(item["case_id"])]].label
+            scores.append(float(item["score"]))
+            errors.append(1.0 - _foreground_dice(response.content, truth, len(self.labels)))
+        return spearman(scores, errors)
+
+
+def _foreground_dice(prediction: bytes, truth: bytes, classes: int) -> float:
+    from app.cases.imaging import read_nifti
+    from worker.ml.inference import dice_per_class, mean_foreground_dice
+
+    pred = sitk.GetArrayFromImage(read_nifti(prediction))
+    true = sitk.GetArrayFromImage(read_nifti(truth))
+    return mean_foreground_dice(dice_per_class(pred, true, classes))
+
+
+def run_campaign(service: Service, dataset: Any, cases: list[Case], protocol: Protocol, state: RunResult,
+                 tag: str, progress: Callable[[str], None], save: Callable[[], None]) -> RunResult:
+    """Run a campaign from its first unfinished cycle; ``save`` is called after every finished cycle."""
+    run = Run(service, dataset, cases, protocol, state, tag)
+    name = f"{state.strategy} seed {state.seed}/{state.train_seed}"
+    if not state.initial:
+        full = state.strategy == FULL_POOL
+        state.initial = run.prepare(len(run.splits.pool) if full else protocol.initial)
+        save()
+    last = 0 if state.strategy == FULL_POOL else protocol.cycles
+    for index in range(state.next_cycle, last + 1):
+        labelled = run.labelled_in_pool()
+        cycle = run.cycle("random" if state.strategy == FULL_POOL else state.strategy)
+        rho = run.score_error_correlation() if index < last and state.strategy not in ("random", FULL_POOL) else None
+        state.rows.append(run.row(index, cycle, labelled, rho))
+        state.per_case += run.per_case(index, cycle, labelled)
+        progress(f"{name} cycle {index}: {labelled} labelled, mean test Dice {state.rows[-1]['mean_dice']}, "
+                 f"{cycle['wall_time_s']} s")
+        if index < last:
+            state.claimed.append(run.annotate_next(protocol.per_cycle))
+        state.next_cycle = index + 1
+        save()
+    state.done = True
+    save()
+    return state
 
 
 # --- the whole experiment ------------------------------------------------------------------------
 
 
-def runs_of(protocol: Protocol) -> list[tuple[str, int]]:
+def runs_of(protocol: Protocol) -> list[tuple[str, int, int]]:
     strategies = [*protocol.strategies, *([FULL_POOL] if protocol.full_pool else [])]
-    return [(strategy, seed) for seed in range(protocol.seeds) for strategy in strategies]
+    return [(strategy, seed, train) for seed in range(protocol.seeds) for train in range(protocol.train_seeds)
+            for strategy in strategies]
 
 
 def simulate(dataset_dir: Path, out: Path, protocol: Protocol, *, url: str | None, token: str | None,
              progress: Callable[[str], None]) -> list[RunResult]:
-    """Run (or resume) every (strategy, seed) campaign; write results.csv, runs.json and the report."""
+    """Run (or resume, from each campaign's last finished cycle) every campaign; write the CSVs and report.
+
+    A resumed campaign continues in its project on the same server (the embedded one keeps its
+    database under ``out``).
+    """
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "runs.json"
     state: dict[str, Any] = (json.loads(state_path.read_text()) if state_path.exists()
                              else {"protocol": asdict(protocol), "runs": []})
     if state["protocol"] != asdict(protocol):
         raise ValueError(f"{out} holds results of another protocol; choose another --out")
-    done = {(r["strategy"], r["seed"]) for r in state["runs"]}
-    todo = [run for run in runs_of(protocol) if run not in done]
+    runs = {(r["strategy"], r["seed"], r["train_seed"]): RunResult(**r) for r in state["runs"]}
+    todo = [key for key in runs_of(protocol) if not (key in runs and runs[key].done)]
+
+    def save() -> None:
+        state["runs"] = [asdict(r) for r in runs.values()]
+        state_path.write_text(json.dumps(state, indent=1))
+        write_csv(out / "results.csv", [row for r in runs.values() for row in r.rows])
+        write_csv(out / "per_case.csv", [row for r in runs.values() for row in r.per_case])
+
     if todo:
         dataset = read_msd(dataset_dir)
         progress(f"loading {len(dataset.pairs)} cases (resample x{protocol.resample})")
         cases = load_cases(dataset_dir, protocol.resample)
         with _service(url, token, out) as service:
-            for strategy, seed in todo:
-                result = run_campaign(service, dataset, cases, protocol, strategy, seed, _tag(), progress)
-                state["runs"].append(asdict(result))
-                state_path.write_text(json.dumps(state, indent=1))  # resumable after each run
-                write_csv(out / "results.csv", [row for r in state["runs"] for row in r["rows"]])
+            for strategy, seed, train in todo:
+                runs.setdefault((strategy, seed, train), RunResult(strategy, seed, train, [], [], []))
+                run_campaign(service, dataset, cases, protocol, runs[(strategy, seed, train)], _tag(), progress,
+                             save)
     from app.report import write_report
 
     write_report(out)
-    return [RunResult(**r) for r in state["runs"]]
+    return list(runs.values())
 
 
 def _tag() -> str:
@@ -331,7 +400,9 @@ def _service(url: str | None, token: str | None, out: Path) -> Iterator[Service]
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns = list(rows[0])
+    if not rows:
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()

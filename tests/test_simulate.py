@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +29,31 @@ def test_simulate_tiny_protocol_on_hippocampus(tmp_path: Path) -> None:
                "--per-cycle", "2", "--cycles", "2", "--val", "2", "--test", "2", "--seeds", "1",
                "--strategies", "mc_dropout_variance,random", "--epochs", "2", "--mc-passes", "2",
                "--params", json.dumps(TINY)]
+    # Interrupt the first campaign after its first finished cycle, then rerun: it resumes from there.
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None and not _some_cycle_saved(out):
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    interrupted = json.loads((out / "runs.json").read_text())["runs"][0]
+    assert interrupted["next_cycle"] >= 1 and not interrupted["done"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    resumed = json.loads((out / "runs.json").read_text())["runs"][0]
+    assert resumed["project_id"] == interrupted["project_id"]  # the same campaign went on
+    assert resumed["rows"][: len(interrupted["rows"])] == interrupted["rows"]
 
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["strategy", "seed", "cycle", "labelled", "labelled_fraction", "dice_anterior",
-                             "dice_posterior", "mean_dice", "wall_time_s"]
+    assert list(rows[0]) == ["strategy", "split_seed", "train_seed", "cycle", "labelled", "labelled_fraction",
+                             "dice_anterior", "dice_posterior", "mean_dice", "spearman", "wall_time_s"]
     for strategy in ("mc_dropout_variance", "random"):
         mine = [r for r in rows if r["strategy"] == strategy]
         assert [int(r["labelled"]) for r in mine] == [3, 5, 7]  # grows by --per-cycle
         assert [float(r["labelled_fraction"]) for r in mine] == [0.375, 0.625, 0.875]  # of an 8-case pool
         assert all(0.0 <= float(r["mean_dice"]) <= 1.0 for r in mine)
+        assert [int(r["cycle"]) for r in mine] == [0, 1, 2]  # resumed without repeating a cycle
     assert [int(r["labelled"]) for r in rows if r["strategy"] == "full_pool"] == [8]
 
     runs = {r["strategy"]: r for r in json.loads((out / "runs.json").read_text())["runs"]}
@@ -46,10 +62,45 @@ def test_simulate_tiny_protocol_on_hippocampus(tmp_path: Path) -> None:
         claimed = [name for batch in run["claimed"] for name in batch]
         assert len(claimed) == len(set(claimed)) == 4 and not set(claimed) & set(run["initial"])
     assert (out / "dice_vs_labelled.png").stat().st_size > 10_000
-    assert "Full-pool baseline" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "Full-pool ceiling" in summary and "mc_dropout_variance" in summary and "AUBC difference" in summary
+    with (out / "per_case.csv").open() as fh:
+        per_case = list(csv.DictReader(fh))
+    assert len(per_case) == 2 * 3 * 2 + 2  # 2 test cases x 3 cycles x 2 arms + the full pool
+    assert {r["case"] for r in per_case} <= set(runs["random"]["ids"])
 
+
+def _some_cycle_saved(out: Path) -> bool:
+    try:
+        return any(r["next_cycle"] >= 1 for r in json.loads((out / "runs.json").read_text())["runs"])
+    except (OSError, ValueError):
+        return False
+
+
+def test_direct_engine_reports_paired_statistics(tmp_path: Path) -> None:
+    data = hippocampus_subset(tmp_path, 14, 14)
+    out = tmp_path / "direct"
+    params = {**TINY, "steps": 4, "val_every": 2, "mc_passes": 2, "query_size": 2}
+    command = [sys.executable, "-m", "app.cli", "simulate", str(data), "--engine", "direct", "--out", str(out),
+               "--initial", "3", "--per-cycle", "2", "--cycles", "1", "--val", "2", "--test", "3", "--seeds", "2",
+               "--train-seeds", "1", "--strategies", "random,stratified_power,coreset", "--params",
+               json.dumps(params), "--warm-steps", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["strategy"], r["split_seed"]) for r in rows} == {
+        (a, s) for a in ("random", "stratified_power", "coreset", "full_pool") for s in ("0", "1")}
+    initial = [r for r in rows if r["cycle"] == "0" and r["strategy"] != "full_pool"]
+    assert len({(r["split_seed"], r["mean_dice"]) for r in initial}) == 2  # cycle 0 identical across arms
+    summary = (out / "summary.md").read_text()
+    for arm in ("stratified_power", "coreset"):
+        assert f"**{arm} " in summary and "95 % CI" in summary
+    assert (out / "scores.csv").stat().st_size > 0 and (out / "dice_vs_labelled.png").exists()
+
+    before = (out / "results.csv").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # resume: nothing left to do
-    assert again.returncode == 0 and "3 runs" in again.stdout
+    assert again.returncode == 0 and (out / "results.csv").read_text() == before
 
 
 def test_splits_depend_only_on_the_seed() -> None:

@@ -284,8 +284,11 @@ def _dice_on(store: BlobStore, model: Any, meta: Any, project: Project, split: s
         return {"cases": 0, "per_class": {}, "mean_dice": None, "note": f"no labelled case in the {split} split"}
     images, labels = _arrays(store, pairs)
     result = evaluate_model(model, images, labels, project.modality, meta.params)
+    per_case = [{"case_id": case.id, "mean_dice": scores["mean_dice"],
+                 "per_class": dict(zip(project.labels, scores["per_class"], strict=True))}
+                for (case, _), scores in zip(pairs, result["per_case"], strict=True)]
     return {"cases": len(pairs), "per_class": dict(zip(project.labels, result["per_class"], strict=True)),
-            "mean_dice": result["mean_dice"]}
+            "mean_dice": result["mean_dice"], "per_case": per_case}
 
 
 def _store_metrics(cycle_id: int, metrics: dict[str, Any]) -> None:
