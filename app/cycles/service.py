@@ -39,10 +39,10 @@ def validated_params(body: CycleCreate) -> dict[str, Any]:
 
 
 def validate_strategy(name: str) -> None:
-    from worker.ml.scoring import STRATEGIES
+    from worker.ml.params import STRATEGY_NAMES
 
-    if name not in STRATEGIES:
-        raise InvalidRequest(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}", field="strategy")
+    if name not in STRATEGY_NAMES:
+        raise InvalidRequest(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}", field="strategy")
 
 
 def active_cycle(session: Session, project_id: int) -> Cycle | None:

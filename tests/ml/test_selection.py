@@ -107,6 +107,9 @@ def test_score_case_returns_the_deterministic_prediction_and_embedding() -> None
 
 
 def test_registry_holds_the_new_strategies() -> None:
+    from worker.ml.params import STRATEGY_NAMES
+
     assert {"stratified_power", "coreset"} <= set(STRATEGIES)
+    assert set(STRATEGY_NAMES) == set(STRATEGIES)  # the torch-free list the API checks names against
     with pytest.raises(ValueError, match="unknown scoring strategy"):
         rank_cases("nope", [], tiny_params(), 0)

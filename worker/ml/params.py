@@ -7,9 +7,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["DROPOUT_POSITIONS", "TrainParams"]
+__all__ = ["DROPOUT_POSITIONS", "STRATEGY_NAMES", "TrainParams"]
 
 DROPOUT_POSITIONS: tuple[str, ...] = ("all", "decoder")
+# The names registered in worker.ml.scoring, kept here so the API can check a name without importing
+# torch and MONAI (a cold import of them made the first cycle start after a restart take 30-40 s).
+STRATEGY_NAMES: tuple[str, ...] = ("bald", "coreset", "entropy", "mc_dropout_variance", "mc_dropout_variance_fg",
+                                   "random", "stratified_power")
 
 _TUPLE_FIELDS = ("patch_size", "channels", "strides", "flip_axes")
 
