@@ -229,12 +229,13 @@ def _spearman(rows: list[dict[str, Any]], arms: list[str], cycles: list[int]) ->
 # --- output --------------------------------------------------------------------------------------
 
 
-def write_report(out: Path, max_cycle: int | None = None, name: str = "summary.md") -> Analysis:
+def write_report(out: Path, max_cycle: int | None = None, name: str = "summary.md",
+                 plot_name: str = "dice_vs_labelled.png") -> Analysis:
     rows = read_rows(out / "results.csv")
     per_case = read_rows(out / "per_case.csv") if (out / "per_case.csv").exists() else None
     analysis = analyse(rows, per_case, max_cycle)
     classes = [k for k in rows[0] if k.startswith("dice_")]
-    _plot(rows, classes, analysis, out / "dice_vs_labelled.png")
+    _plot(rows, classes, analysis, out / plot_name)
     (out / name).write_text(render(analysis, rows))
     return analysis
 
