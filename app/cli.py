@@ -201,7 +201,7 @@ def simulate(
 
         direct = DirectProtocol(initial=initial, per_cycle=per_cycle, cycles=cycles, test=test, val=val, arms=arms,
                                 split_seeds=list(range(seeds)), train_seeds=list(range(train_seeds)),
-                                params=cycle_params, warm_steps=warm_steps)
+                                params=cycle_params, warm_steps=warm_steps, full_pool=full_pool)
         run_experiment(dataset_dir, direct, out, workers=workers, device=device)
         write_report(out)
         console.print(f"results in {out}/results.csv, {out}/per_case.csv, {out}/summary.md")

@@ -234,6 +234,13 @@ class Run:
             self._label(self.s.admin, name)
         return initial
 
+    def end_interrupted_cycles(self) -> None:
+        """Force-cancel a cycle left active by an interrupted run: its result was never recorded, and the
+        project accepts one active cycle at a time."""
+        for cycle in self.s.ok(self.s.admin.get(f"/projects/{self.project_id}/cycles")):
+            if cycle["status"] in ("queued", "running"):
+                self.s.ok(self.s.admin.delete(f"/cycles/{cycle['id']}", params={"force": "true"}))
+
     def cycle(self, strategy: str) -> dict[str, Any]:
         body = {**self.protocol.params, "strategy": strategy, "seed": self.train_seed}
         started = time.monotonic()
@@ -321,6 +328,7 @@ def run_campaign(service: Service, dataset: Any, cases: list[Case], protocol: Pr
         state.initial = run.prepare(len(run.splits.pool) if full else protocol.initial)
         save()
     last = 0 if state.strategy == FULL_POOL else protocol.cycles
+    run.end_interrupted_cycles()
     for index in range(state.next_cycle, last + 1):
         labelled = run.labelled_in_pool()
         cycle = run.cycle("random" if state.strategy == FULL_POOL else state.strategy)

@@ -111,6 +111,7 @@ class Protocol:
         params: TrainParams overrides for every model.
         warm_steps: optimiser steps when warm-starting from the previous cycle's model (None: cold
             start every cycle with ``params.steps``).
+        full_pool: also train once on the whole pool per seed (the ceiling).
     """
 
     initial: int = 10
@@ -123,10 +124,11 @@ class Protocol:
     train_seeds: list[int] = field(default_factory=lambda: [0])
     params: dict[str, Any] = field(default_factory=dict)
     warm_steps: int | None = None
+    full_pool: bool = True
 
     def campaigns(self) -> list[tuple[str, int, int]]:
         """(arm, split seed, train seed), seeds outermost so that paired results finish together."""
-        arms = [*self.arms, FULL_POOL]
+        arms = [*self.arms, *([FULL_POOL] if self.full_pool else [])]
         return [(arm, s, t) for s in self.split_seeds for t in self.train_seeds for arm in arms]
 
 
@@ -346,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=20)
     parser.add_argument("--params", default="{}", help="TrainParams overrides as JSON")
     parser.add_argument("--warm-steps", type=int, default=None)
+    parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool ceiling")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--device", default="cpu")
@@ -361,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
                         val=args.val, arms=[a for a in args.arms.split(",") if a],
                         split_seeds=[int(s) for s in args.split_seeds.split(",")],
                         train_seeds=[int(s) for s in args.train_seeds.split(",")],
-                        params=json.loads(args.params), warm_steps=args.warm_steps)
+                        params=json.loads(args.params), warm_steps=args.warm_steps,
+                        full_pool=not args.no_full_pool)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     run_experiment(args.data, protocol, args.out, workers=args.workers, device=args.device,
                    deadline_s=args.deadline_s, threads=args.threads, limit=args.limit)
