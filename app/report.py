@@ -47,8 +47,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         row.setdefault("train_seed", row.get("seed", "0") if "seed" in row else "0")
         for key, value in list(row.items()):
             if key not in ("strategy", "case"):
-                row[key] = float(value) if value not in ("", "None", None) else float("nan")
+                row[key] = _number(value)
     return rows
+
+
+def _number(value: str | None) -> float:
+    if value in ("", "None", None):
+        return float("nan")
+    if value in ("True", "False"):
+        return float(value == "True")
+    return float(value)
 
 
 def _seed(row: dict[str, Any]) -> Seed:

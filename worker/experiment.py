@@ -185,6 +185,10 @@ class Campaign:
         labelled = len(state["labelled"])
         weights = self.dir / "model.pt"
         warm = cycle > 0 and self.protocol.warm_steps is not None and weights.exists()
+        if cycle > 0 and self.protocol.warm_steps is not None and not warm:
+            # Resumed where the previous weights are missing (another machine): a cold start breaks the
+            # pairing with arms that warm-started, so it is logged and recorded in the row.
+            log.warning("%s: no weights to warm-start cycle %d from; training from scratch", self.dir.name, cycle)
         params = _params(self.protocol, self.train_seed, cycle, warm)
         images, labels = self._arrays(state["labelled"])
         val_images, val_labels = self._arrays(self.splits.val)
@@ -202,7 +206,7 @@ class Campaign:
         state["rows"].append({
             "strategy": self.arm, "split_seed": self.split_seed, "train_seed": self.train_seed, "cycle": cycle,
             "labelled": labelled, "labelled_fraction": round(labelled / len(self.splits.pool), 4), **test,
-            "spearman": spearman, "train_steps": result.steps,
+            "spearman": spearman, "warm_start": warm, "train_steps": result.steps,
             "best_step": result.best_step, "wall_time_s": round(time.perf_counter() - started, 1)})
         row = state["rows"][-1]
         log.info("%s split %d train %d cycle %d: %d labelled, test Dice %.3f, %.0f s", self.arm, self.split_seed,
