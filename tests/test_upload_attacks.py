@@ -33,6 +33,7 @@ from tests.factories import (
 
 SHAPE_XYZ = (8, 7, 6)
 PIXDIM_OFFSET = 76  # NIfTI-1: float32 pixdim[8]
+VOX_OFFSET = 108  # NIfTI-1: float32 vox_offset
 # Bytes a server file might hold: printable, and each also a valid class index so a label upload
 # of it would pass value checks if it were ever read.
 SECRET = bytes([0, 1, 2] * (8 * 7 * 6 // 3)) + b"TOP-SECRET-API-KEY"
@@ -180,7 +181,23 @@ def _unsafe_zip() -> bytes:
     return zip_files({f"../../{name}": data for name, data in dicom_slices(3).items()})
 
 
+def _nifti_nan_offset() -> bytes:
+    raw = bytearray(nib.Nifti1Image(np.zeros(SHAPE_XYZ, np.int16), np.eye(4)).to_bytes())
+    struct.pack_into("<f", raw, VOX_OFFSET, float("nan"))
+    return bytes(raw)
+
+
+def _nrrd_header_value(field: str) -> bytes:
+    return (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 8 7 6\nencoding: raw\n{field}\n\n").encode() + bytes(336)
+
+
 REFUSED: dict[str, tuple[str, Callable[[], bytes], str]] = {
+    "NIfTI NaN data offset": ("scan.nii", _nifti_nan_offset, "declares the data offset nan"),
+    "NRRD byte skip not a number": ("scan.nrrd", lambda: _nrrd_header_value("byte skip: abc"),
+                                    "declares the byte skip 'abc', which is not a whole number"),
+    "MHA channels not a number": ("scan.mha", lambda: _mha("LOCAL").replace(
+        b"ElementType", b"ElementNumberOfChannels = x\nElementType") + bytes(336),
+        "declares the ElementNumberOfChannels 'x', which is not a whole number"),
     "all NaN": ("scan.nii.gz", _nan_volume, "holds NaN or infinite voxel values"),
     "one infinite voxel": ("scan.nrrd", _inf_voxel, "holds NaN or infinite voxel values"),
     "NIfTI zero spacing": ("scan.nii.gz", _nifti_zero_spacing,

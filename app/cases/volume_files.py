@@ -79,9 +79,9 @@ def _check_nifti(name: str, data: bytes) -> None:
     chunks = _stream(name, _gunzip_chunks(data)) if data[:2] == b"\x1f\x8b" else iter([data])
     first = next(chunks, b"")
     header = _nifti_header(name, first[:544])
-    declared, dtype = _nifti_payload(name, header)
+    offset, declared, dtype = _nifti_payload(name, header)
     # ITK's NIfTI reader turns NaN voxels into zeros, so they are looked for here, in the raw payload.
-    scan = _NonFiniteScan(dtype, int(header.get_data_offset()), declared) if dtype.kind == "f" else None
+    scan = _NonFiniteScan(dtype, offset, declared) if dtype.kind == "f" else None
     total = 0
     for chunk in _chain(first, chunks):
         if scan is not None and scan.feed(chunk, total):
@@ -92,8 +92,8 @@ def _check_nifti(name: str, data: bytes) -> None:
     _require_spacing(name, [float(v) for v in header["pixdim"][1: min(int(header["dim"][0]), 3) + 1]])
 
 
-def _nifti_payload(name: str, header: nib.Nifti1Header) -> tuple[int, np.dtype[Any]]:
-    """The byte length the header declares (offset included) and the voxel type."""
+def _nifti_payload(name: str, header: nib.Nifti1Header) -> tuple[int, int, np.dtype[Any]]:
+    """The data offset, the byte length the header declares (offset included) and the voxel type."""
     if header["magic"].item() in (b"ni1", b"ni2"):
         raise _invalid(name, "is the header of a .hdr/.img pair; send a single-file .nii or .nii.gz")
     ndim = int(header["dim"][0])
@@ -106,7 +106,10 @@ def _nifti_payload(name: str, header: nib.Nifti1Header) -> tuple[int, np.dtype[A
         dtype = header.get_data_dtype()
     except Exception as exc:  # an unknown datatype code
         raise _invalid(name, "declares an unknown NIfTI voxel type") from exc
-    return int(header.get_data_offset()) + math.prod(shape) * dtype.itemsize, dtype
+    offset = float(header["vox_offset"])  # nibabel's get_data_offset() raises on NaN
+    if not math.isfinite(offset) or offset < 0:
+        raise _invalid(name, f"declares the data offset {offset}; not a valid NIfTI header")
+    return int(offset), int(offset) + math.prod(shape) * dtype.itemsize, dtype
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -160,7 +163,7 @@ def _check_nrrd(name: str, data: bytes) -> None:
     count = math.prod(sizes)
     payload = data[payload_start:]
     encoding = fields.get("encoding", "raw")
-    skip = int(fields.get("byte skip", "0") or 0)
+    skip = _whole(name, fields.get("byte skip", "0"), "byte skip")
     if encoding == "raw":
         held = len(payload) - max(skip, 0)
     elif encoding in ("gzip", "gz"):
@@ -211,7 +214,7 @@ def _check_metaimage(name: str, data: bytes) -> None:
     if kind not in MET_TYPE_SIZES:
         raise _invalid(name, f"has the element type {kind or 'none'!r}, which is not a supported scalar type")
     dims = _ints(name, fields.get("dimsize", ""), "DimSize")
-    channels = int(fields.get("elementnumberofchannels", "1") or 1)
+    channels = _whole(name, fields.get("elementnumberofchannels", "1"), "ElementNumberOfChannels")
     declared = math.prod(dims) * channels * MET_TYPE_SIZES[kind]
     payload = data[payload_start:]
     compressed = fields.get("compresseddata", "false").lower() == "true"
@@ -266,6 +269,13 @@ def _ints(name: str, text: str, what: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise _invalid(name, f"declares the {what} {text!r}; every dimension must be a whole number of at least 1")
     return values
+
+
+def _whole(name: str, text: str, what: str) -> int:
+    try:
+        return int(text or 0)
+    except ValueError as exc:
+        raise _invalid(name, f"declares the {what} {text!r}, which is not a whole number") from exc
 
 
 def _float(name: str, text: str) -> float:
