@@ -71,6 +71,13 @@ DETACHED: dict[str, Callable[[Path], tuple[str, bytes]]] = {
     "mha absolute": lambda p: ("x.mha", _mha(str(p))),
     "mha relative": lambda p: ("x.mha", _mha(_relative_to_root(p))),
     "mha LIST": lambda p: ("x.mha", _mha("LIST 3D", f"{p}\n")),
+    # Spellings the readers accept and a naive parser would miss (MetaIO keys end at ":" too; teem ends
+    # a line at a lone carriage return and matches "LIST" as a prefix).
+    "mha colon before LOCAL": lambda p: ("x.mha", _mha("LOCAL", "").replace(
+        b"ElementDataFile = LOCAL", f"ElementDataFile: {p}\nElementDataFile = LOCAL".encode()) + bytes(336)),
+    "nrrd after a lone CR": lambda p: ("x.nrrd", _nrrd("LOCAL").replace(
+        b"data file: LOCAL", f"content: x\rdata file: {p}".encode()) + bytes(336)),
+    "nrrd LIST:=": lambda p: ("x.nrrd", _nrrd("LIST:=", f"{p}\n") + bytes(336)),
 }
 
 

@@ -31,6 +31,10 @@ HEADER_LIMIT = 1 << 16  # NRRD / MetaImage headers are text of a few hundred byt
 # past it the stream is a compression bomb, refused before it is inflated any further.
 INFLATE_FACTOR = 8
 
+_END_OF_LINE = re.compile(rb"\r\n|\r|\n")
+_DATA_FILE_NRRD = re.compile(r"(?i)^\s*data\s*file\s*:")
+_ONCE = ("data file", "elementdatafile")
+
 NRRD_TYPE_SIZES: dict[str, int] = {}
 for _size, _names in (
     (1, "signed char|int8|int8_t|uchar|unsigned char|uint8|uint8_t"),
@@ -183,9 +187,14 @@ def _check_nrrd(name: str, data: bytes) -> None:
 
 
 def _nrrd_field(line: str) -> tuple[str, str] | None:
-    if line.startswith(("#", "NRRD")) or ":=" in line or ": " not in line:
+    # teem tries "key: value" before "key:=value", so a line is a field whenever it has ": ".
+    if line.startswith(("#", "NRRD")) or ": " not in line:
+        if _DATA_FILE_NRRD.match(line):
+            return "data file", line  # any spelling teem might take for a data file, e.g. "data file:LIST"
         return None
     key, value = line.split(": ", 1)
+    if _DATA_FILE_NRRD.match(line):
+        return "data file", value
     return key.strip().lower(), value.strip()
 
 
@@ -227,10 +236,11 @@ def _check_metaimage(name: str, data: bytes) -> None:
 
 
 def _meta_field(line: str) -> tuple[str, str] | None:
-    if "=" not in line:
+    # MetaIO ends a key at "=" or ":", whichever comes first.
+    parts = re.split(r"[=:]", line, maxsplit=1)
+    if len(parts) < 2:
         return None
-    key, value = line.split("=", 1)
-    return key.strip().lower(), value.strip()
+    return parts[0].strip().lower(), parts[1].strip()
 
 
 # --- shared --------------------------------------------------------------------------------------
@@ -246,15 +256,17 @@ def _text_header(
     fields: dict[str, str] = {}
     offset = 0
     while offset < min(len(data), HEADER_LIMIT):
-        end = data.find(b"\n", offset)
-        if end < 0:
+        end = _END_OF_LINE.search(data, offset)  # \r\n, \n or a lone \r, as teem and MetaIO split lines
+        if end is None:
             break
-        line = data[offset:end].rstrip(b"\r").decode("latin-1")
-        offset = end + 1
+        line = data[offset: end.start()].decode("latin-1")
+        offset = end.end()
         if not line and last_key is None:
             return fields, offset
         field = parse(line)
         if field is not None:
+            if field[0] in fields and field[0] in _ONCE:
+                raise _invalid(name, f"names its data file more than once ({field[0]!r})")
             fields[field[0]] = field[1]
             if field[0] == last_key:
                 return fields, offset
