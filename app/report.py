@@ -129,9 +129,9 @@ def _common_cycles(rows: list[dict[str, Any]], arms: list[str], max_cycle: int |
 
 
 def _trapezoid_weights(x: list[float]) -> np.ndarray:
-    """w such that w @ y is the trapezoid area under y(x) divided by the x range (y itself for one point)."""
-    if len(x) < 2:
-        return np.ones(len(x))
+    """w such that w @ y is the trapezoid area under y(x) divided by the x range (the mean for no range)."""
+    if len(x) < 2 or x[-1] == x[0]:
+        return np.full(len(x), 1.0 / max(len(x), 1))
     w = np.zeros(len(x))
     for i in range(len(x) - 1):
         half = (x[i + 1] - x[i]) / 2
@@ -151,14 +151,38 @@ def _compare(arms: list[str], seeds: list[Seed], cycles: list[int], weights: np.
         if arm == REFERENCE:
             continue
         per_seed = [aubc[arm][s] - aubc[REFERENCE][s] for s in seeds]
-        diffs = [_case_diffs(cases, arm, s, weights) if cases else np.array([per_seed[i]])
-                 for i, s in enumerate(seeds)]
-        reps = _bootstrap(diffs, rng)
-        p = max(1.0 / BOOTSTRAP, min(1.0, 2 * min(float(np.mean(reps <= 0)), float(np.mean(reps >= 0)))))
-        low, high = np.percentile(reps, [2.5, 97.5])
-        out.append(Comparison(arm, float(np.mean(per_seed)), float(low), float(high), p, per_seed=per_seed))
+        if all((a, s) in cases for a in (arm, REFERENCE) for s in seeds):
+            reps = _bootstrap([_case_diffs(cases, arm, s, weights) for s in seeds], rng)
+            p = max(1.0 / BOOTSTRAP, min(1.0, 2 * min(float(np.mean(reps <= 0)), float(np.mean(reps >= 0)))))
+            low, high = (float(v) for v in np.percentile(reps, [2.5, 97.5]))
+        else:
+            # Without per-case Dice only the seeds vary: a bootstrap over 2-5 values is overconfident.
+            low, high, p = _t_interval(per_seed)
+        out.append(Comparison(arm, float(np.mean(per_seed)), low, high, p, per_seed=per_seed))
     _holm(out)
     return out
+
+
+def _t_interval(values: list[float]) -> tuple[float, float, float]:
+    """95 % t-interval of the mean and its two-sided p (nan interval and p = 1 for a single value)."""
+    n = len(values)
+    if n < 2:
+        return float("nan"), float("nan"), 1.0
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    critical = T_CRITICAL[n - 2] if n - 1 <= len(T_CRITICAL) else 1.96
+    half = critical * sd / math.sqrt(n)
+    p = 1.0 if sd == 0 else _t_p_value(mean / (sd / math.sqrt(n)), n - 1)
+    return mean - half, mean + half, p
+
+
+def _t_p_value(t: float, df: int) -> float:
+    """Two-sided p of Student's t (Simpson's rule on the density; scipy is not a dependency)."""
+    x = np.linspace(0.0, abs(t), 2001)
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = np.exp(log_norm - (df + 1) / 2 * np.log1p(x**2 / df))
+    h = x[1] - x[0]
+    area = h / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum())
+    return float(min(1.0, max(0.0, 1.0 - 2.0 * area)))
 
 
 def _case_matrices(per_case: list[dict[str, Any]], cycles: list[int]) -> dict[tuple[str, Seed], np.ndarray]:
@@ -203,6 +227,8 @@ def _penalty(arms: list[str], seeds: list[Seed], curves: dict[str, dict[Seed, np
         return matrix
     critical = T_CRITICAL[len(seeds) - 2] if len(seeds) - 1 <= len(T_CRITICAL) else 1.96
     points = len(next(iter(curves[arms[0]].values())))
+    if points == 0:
+        return matrix
     for i, a in enumerate(arms):
         for j, b in enumerate(arms):
             if i == j:
@@ -249,7 +275,10 @@ def write_report(out: Path, max_cycle: int | None = None, name: str = "summary.m
 
 
 def render(a: Analysis, rows: list[dict[str, Any]]) -> str:
-    seeds = len(next(iter(a.aubc.values()))) if a.aubc else 0
+    if not a.cycles or not a.aubc:
+        return ("# Simulated annotation campaigns\n\nNot enough data to compare: no active-learning arm has a "
+                "cycle that every arm finished.\n")
+    seeds = len(next(iter(a.aubc.values())))
     lines = ["# Simulated annotation campaigns", "",
              f"Mean foreground test Dice; {seeds} paired seed(s) (same splits and initial labelled set for every "
              f"arm of a seed); cycles {a.cycles[0]}-{a.cycles[-1]} ({a.labelled[0]:.0f} to {a.labelled[-1]:.0f} "

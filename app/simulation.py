@@ -187,6 +187,7 @@ class RunResult:
     project_id: int = 0
     ids: dict[str, int] = field(default_factory=dict)
     next_cycle: int = 0
+    annotating: bool = False  # the oracle is labelling the picks of cycle next_cycle - 1
     done: bool = False
 
 
@@ -252,17 +253,15 @@ class Run:
             raise RuntimeError(f"cycle {cycle['id']} {cycle['status']}: {cycle['error']}")
         return {**cycle, "wall_time_s": round(time.monotonic() - started, 1)}
 
-    def annotate_next(self, n: int) -> list[str]:
-        """The oracle claims n cases from the queue and uploads their true masks."""
-        claimed = []
+    def annotate_next(self, n: int, on_label: Callable[[str], None]) -> None:
+        """The oracle claims n cases from the queue and uploads their true masks, reporting each one."""
         for _ in range(n):
             r = self.s.oracle.post(f"/projects/{self.project_id}/queue/next")
             if r.status_code == 204:
                 break
             name = self.names[int(self.s.ok(r)["case"]["id"])]
             self._label(self.s.oracle, name)
-            claimed.append(name)
-        return claimed
+            on_label(name)
 
     def labelled_in_pool(self) -> int:
         page = self.s.ok(self.s.admin.get(f"/projects/{self.project_id}/cases",
@@ -329,6 +328,15 @@ def run_campaign(service: Service, dataset: Any, cases: list[Case], protocol: Pr
         save()
     last = 0 if state.strategy == FULL_POOL else protocol.cycles
     run.end_interrupted_cycles()
+
+    def labelled_one(case_name: str) -> None:
+        state.claimed[-1].append(case_name)
+        save()  # every upload is recorded, so an interruption mid-batch loses nothing
+
+    if state.annotating:  # interrupted while labelling a batch: finish it, do not retrain
+        run.annotate_next(protocol.per_cycle - len(state.claimed[-1]), labelled_one)
+        state.annotating = False
+        save()
     for index in range(state.next_cycle, last + 1):
         labelled = run.labelled_in_pool()
         cycle = run.cycle("random" if state.strategy == FULL_POOL else state.strategy)
@@ -337,9 +345,13 @@ def run_campaign(service: Service, dataset: Any, cases: list[Case], protocol: Pr
         state.per_case += run.per_case(index, cycle, labelled)
         progress(f"{name} cycle {index}: {labelled} labelled, mean test Dice {state.rows[-1]['mean_dice']}, "
                  f"{cycle['wall_time_s']} s")
-        if index < last:
-            state.claimed.append(run.annotate_next(protocol.per_cycle))
         state.next_cycle = index + 1
+        if index < last:
+            state.claimed.append([])
+            state.annotating = True
+            save()
+            run.annotate_next(protocol.per_cycle, labelled_one)
+            state.annotating = False
         save()
     state.done = True
     save()

@@ -169,6 +169,7 @@ class Campaign:
             tmp = self.state_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(state))
             tmp.replace(self.state_path)  # a cycle counts once its state is on disk
+            (self.dir / f"model-{state['next_cycle'] - 2}.pt").unlink(missing_ok=True)
         return state
 
     def _arrays(self, names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -183,8 +184,8 @@ class Campaign:
 
         started = time.perf_counter()
         labelled = len(state["labelled"])
-        weights = self.dir / "model.pt"
-        warm = cycle > 0 and self.protocol.warm_steps is not None and weights.exists()
+        previous = self.dir / f"model-{cycle - 1}.pt"  # per cycle, so a rerun of cycle c never starts from c
+        warm = cycle > 0 and self.protocol.warm_steps is not None and previous.exists()
         if cycle > 0 and self.protocol.warm_steps is not None and not warm:
             # Resumed where the previous weights are missing (another machine): a cold start breaks the
             # pairing with arms that warm-started, so it is logged and recorded in the row.
@@ -192,11 +193,11 @@ class Campaign:
         params = _params(self.protocol, self.train_seed, cycle, warm)
         images, labels = self._arrays(state["labelled"])
         val_images, val_labels = self._arrays(self.splits.val)
-        init = torch.load(weights, weights_only=True) if warm else None
+        init = torch.load(previous, weights_only=True) if warm else None
         num_classes = len(self.data.label_names)
         result = train_model(images, labels, num_classes, self.data.modality, params, init_state=init,
                              device=self.device, val_images=val_images, val_labels=val_labels)
-        torch.save(result.state_dict, weights)
+        torch.save(result.state_dict, self.dir / f"model-{cycle}.pt")
         model = build_unet(num_classes, params)
         model.load_state_dict(result.state_dict)
         test = self._test(model, params, cycle, state)
