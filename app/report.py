@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-FULL_POOL = "full_pool"
+from worker.experiment import FULL_POOL
+
 REFERENCE = "random"
 BOOTSTRAP = 4000
 # Two-sided 5 % critical values of Student's t for 1..30 degrees of freedom (1.96 beyond).

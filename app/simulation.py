@@ -27,9 +27,10 @@ import httpx
 import SimpleITK as sitk
 
 from app.bulk_import import read_msd
+from worker.experiment import FULL_POOL, Splits
+from worker.experiment import draw_splits as shared_splits
 
 log = logging.getLogger("nextcase.simulate")
-FULL_POOL = "full_pool"
 
 
 @dataclass
@@ -88,19 +89,9 @@ def load_cases(root: Path, resample: float, on_case: Callable[[], None] | None =
     return cases
 
 
-@dataclass(frozen=True)
-class Splits:
-    test: list[str]
-    val: list[str]
-    pool: list[str]  # in the seed's order; the first `initial` are the initial labelled set
-
-
 def draw_splits(names: list[str], protocol: Protocol, seed: int) -> Splits:
     """The same splits as ``python -m worker.experiment`` draws for this seed."""
-    from worker.experiment import draw_splits as shared_splits
-
-    drawn = shared_splits(names, protocol.test, protocol.val, protocol.initial, seed)
-    return Splits(drawn.test, drawn.val, drawn.pool)
+    return shared_splits(names, protocol.test, protocol.val, protocol.initial, seed)
 
 
 # --- service -----------------------------------------------------------------------------------
