@@ -1,4 +1,8 @@
-"""The ``nextcase`` command line."""
+"""The ``nextcase`` command line.
+
+Heavy modules (SQLAlchemy, FastAPI, torch) are imported inside the commands, so ``--help`` and
+``--version`` answer at once. User errors print one line and exit 1; tracebacks are for bugs.
+"""
 
 from __future__ import annotations
 
@@ -7,60 +11,136 @@ import ctypes.util
 import signal
 import subprocess
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import func, select
 
-from app.auth import service as auth
-from app.core import db, migrate
-from app.core.config import get_settings
-from app.core.logging import setup_logging
-from app.core.storage import get_blob_store
-from app.models import User
+if TYPE_CHECKING:
+    from app.demo import Demo
 
-cli = typer.Typer(help="NextCase: which 3D image should be annotated next.", no_args_is_help=True)
-console = Console()
+cli = typer.Typer(help="NextCase: which 3D image should be annotated next.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+
+class Role(StrEnum):
+    admin = "admin"
+    annotator = "annotator"
+
+
+class Pool(StrEnum):
+    prefork = "prefork"
+    solo = "solo"
+    threads = "threads"
+
+
+class Engine(StrEnum):
+    service = "service"
+    direct = "direct"
+
+
+class Device(StrEnum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class UserError(Exception):
+    """A mistake of the caller (bad input, missing database): one line on stderr, exit status 1."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"nextcase {version('nextcase')}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """NextCase: which 3D image should be annotated next."""
+
+
+def prepare_database() -> None:
+    """Bring the embedded SQLite database to the latest schema; refuse a server database that is behind.
+
+    Every command that touches the database calls this, so nothing runs on a missing or old schema.
+    A PostgreSQL schema is migrated only by ``nextcase migrate`` (the compose file's one-shot job):
+    several API and worker processes must not race to migrate it.
+    """
+    from app.core import migrate
+    from app.core.config import get_settings
+
+    settings = get_settings()
+    if settings.is_sqlite:
+        migrate.upgrade(settings.database_url)
+    elif not migrate.is_current(settings.database_url):
+        raise UserError("the database schema is not the latest: run `nextcase migrate` first")
 
 
 @cli.command("migrate")
 def migrate_cmd(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Bring the database schema to REVISION (default: the latest)."""
-    settings = get_settings()
-    migrate.upgrade(settings.database_url, revision)
-    console.print(f"database at revision {revision}")
+    from app.core import migrate
+    from app.core.config import get_settings
+
+    migrate.upgrade(get_settings().database_url, revision)
+    typer.echo(f"database at revision {revision}")
 
 
 @cli.command("create-user")
 def create_user(
     name: Annotated[str, typer.Argument(help="login name")],
-    role: Annotated[str, typer.Option(help="admin or annotator")] = "annotator",
+    role: Annotated[Role, typer.Option(help="what the user may do")] = Role.annotator,
 ) -> None:
     """Create a user and print a new API token (shown once)."""
+    from app.auth import service as auth
+    from app.core import db
+
+    prepare_database()
     with db.session_scope() as session:
-        user = auth.create_user(session, name, role)
+        user = auth.create_user(session, name, role.value)
         issued = auth.issue_token(session, user)
     typer.echo(issued.token)
 
 
-def _bootstrap_admin() -> str | None:
-    """On an empty database create user 'admin' so the first start is usable; returns its token."""
+@cli.command("create-token")
+def create_token(name: Annotated[str, typer.Argument(help="an existing user's login name")]) -> None:
+    """Print a new API token for an existing user (shown once): how to recover a lost admin token."""
+    from app.auth import service as auth
+    from app.core import db
+
+    prepare_database()
     with db.session_scope() as session:
-        if session.scalar(select(func.count()).select_from(User)):
+        issued = auth.issue_token(session, auth.get_user_by_name(session, name))
+    typer.echo(issued.token)
+
+
+def _bootstrap_admin() -> str | None:
+    """Without an enabled admin, create one so the first start is usable; returns its token."""
+    from app.auth import service as auth
+    from app.core import db
+
+    with db.session_scope() as session:
+        if auth.has_usable_admin(session):
             return None
-        return auth.issue_token(session, auth.create_user(session, "admin", "admin")).token
+        name = next(n for n in ("admin", *(f"admin-{i}" for i in range(2, 100)))
+                    if not auth.user_exists(session, n))
+        return auth.issue_token(session, auth.create_user(session, name, "admin")).token
 
 
 def start_embedded_worker() -> subprocess.Popen[bytes]:
     """The embedded default's worker: the same Celery tasks, in a child process, on a SQLite broker."""
+    from app.core import db
     from app.cycles.service import fail_interrupted
 
     with db.session_scope() as session:
         fail_interrupted(session)
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "solo"],
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "solo", "--quiet"],
                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
 
@@ -85,32 +165,49 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port")] = None,
     worker: Annotated[bool, typer.Option(help="start the embedded worker (when no broker is configured)")] = True,
     demo: Annotated[bool, typer.Option(help="seed a demo project when the database has none")] = True,
-    dataset: Annotated[Path | None, typer.Option(help="seed the demo from this MSD folder, not phantoms")] = None,
+    dataset: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                 help="seed the demo from this MSD folder, not phantoms")] = None,
 ) -> None:
     """Run the API server (migrates the embedded SQLite database first; starts the embedded worker)."""
     import uvicorn
 
+    from app.core.config import get_settings
+    from app.core.logging import setup_logging
+    from app.terminal import Announcer
+
     settings = get_settings()
-    setup_logging(settings.log_level, settings.log_json)
-    if settings.is_sqlite:
-        migrate.upgrade(settings.database_url)
+    setup_logging(settings.log_level, settings.json_logs)
+    prepare_database()
+    typer.echo(_key_line())
+    typer.echo(f"data folder: {settings.data_dir}" if settings.is_sqlite else "database: PostgreSQL")
     development = settings.environment == "development"
     token = _bootstrap_admin() if development else None  # production: `nextcase create-user`, no token in logs
     host, port = host or settings.host, port or settings.port
-    if token:
-        typer.echo(f"admin token (shown once): {token}")
-        typer.echo(f"try: curl -H 'Authorization: Bearer {token}' http://{host}:{port}/api/v1/projects")
-    if demo and development and _needs_demo():
-        _seed_demo(token, f"http://{host}:{port}", dataset)
+    seeded = _seed_demo(dataset) if demo and development and _needs_demo() else None
     child = start_embedded_worker() if worker and settings.embedded_worker else None
+    announcer = Announcer(f"http://{host}:{port}", token, seeded)
+    announcer.start()
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets `finally` stop the worker.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         # access_log off: its lines carry raw paths (lease tokens); the app logs route templates instead.
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_config=None, access_log=False)
     finally:
+        announcer.stop()
         if child is not None:
             _stop(child)
+
+
+def _key_line() -> str:
+    from sqlalchemy import func, select
+
+    from app.core import db
+    from app.core.secret_key import describe, ensure_key
+    from app.models import Patient
+
+    with db.session_scope() as session:
+        has_patients = bool(session.scalar(select(func.count()).select_from(Patient)))
+    return describe(ensure_key(has_patients=has_patients))
 
 
 def _needs_demo() -> bool:
@@ -119,15 +216,16 @@ def _needs_demo() -> bool:
     return needs_seeding()
 
 
-def _seed_demo(admin_token: str | None, base: str, dataset: Path | None) -> None:
+def _seed_demo(dataset: Path | None) -> Demo:
+    from app.core.config import get_settings
+    from app.core.storage import get_blob_store
     from app.cycles.service import enqueue
-    from app.demo import instructions, seed
+    from app.demo import seed
 
-    console.print("seeding the demo project (phantom CTs)..." if dataset is None else f"seeding from {dataset}...")
-    settings = get_settings()
-    demo = seed(get_blob_store(), settings.blob_dir.parent / "demo", dataset)
+    typer.echo("seeding the demo project (phantom CTs)..." if dataset is None else f"seeding from {dataset}...")
+    demo = seed(get_blob_store(), get_settings().data_dir / "demo", dataset)
     enqueue(demo.cycle_id)
-    typer.echo(instructions(demo, admin_token, base))
+    return demo
 
 
 @cli.command("import-msd")
@@ -137,7 +235,14 @@ def import_msd_cmd(
     with_labels: Annotated[bool, typer.Option("--with-labels", help="store labelsTr masks as version 1")] = False,
 ) -> None:
     """Import a Medical Segmentation Decathlon folder (imagesTr, labelsTr)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from app.bulk_import import import_msd, read_msd
+    from app.core.storage import get_blob_store
+
+    prepare_database()
+    console = Console()
 
     total = len(read_msd(dataset_dir).pairs)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -173,11 +278,11 @@ def simulate(
     full_pool: Annotated[bool, typer.Option(help="also train once on the whole pool (the ceiling)")] = True,
     url: Annotated[str | None, typer.Option(help="a running NextCase server (default: start an embedded one)")] = None,
     token: Annotated[str | None, typer.Option(help="admin token for --url")] = None,
-    engine: Annotated[str, typer.Option(help="service: through the REST API; direct: the same ML functions in "
-                                             "parallel processes, no service (python -m worker.experiment)")]
-    = "service",
+    engine: Annotated[Engine, typer.Option(help="service: through the REST API; direct: the same ML functions in "
+                                                "parallel processes, no service (python -m worker.experiment)")]
+    = Engine.service,
     workers: Annotated[int, typer.Option(help="--engine direct: campaigns at a time")] = 1,
-    device: Annotated[str, typer.Option(help="--engine direct: cpu or cuda")] = "cpu",
+    device: Annotated[Device, typer.Option(help="--engine direct: where to train")] = Device.cpu,
     warm_steps: Annotated[int | None, typer.Option(help="--engine direct: steps when warm-starting")] = None,
 ) -> None:
     """Replay annotation campaigns with an oracle annotator and report active selection against random.
@@ -187,12 +292,13 @@ def simulate(
     """
     import json
 
+    from rich.console import Console
+
+    console = Console()
     extra = {"steps": steps, "epochs": epochs, "mc_passes": mc_passes, "dropout": dropout}
     cycle_params = {**json.loads(params), **{k: v for k, v in extra.items() if v is not None}}
-    arms = [s.strip() for s in strategies.split(",") if s.strip()]
-    if engine not in ("service", "direct"):
-        raise typer.BadParameter(f"must be service or direct, got {engine!r}", param_hint="--engine")
-    if engine == "direct":
+    arms = _strategies(strategies)
+    if engine is Engine.direct:
         if resample != 1.0 or url:
             raise typer.BadParameter("--resample and --url belong to --engine service", param_hint="--engine")
         from app.report import write_report
@@ -202,7 +308,7 @@ def simulate(
         direct = DirectProtocol(initial=initial, per_cycle=per_cycle, cycles=cycles, test=test, val=val, arms=arms,
                                 split_seeds=list(range(seeds)), train_seeds=list(range(train_seeds)),
                                 params=cycle_params, warm_steps=warm_steps, full_pool=full_pool)
-        run_experiment(dataset_dir, direct, out, workers=workers, device=device)
+        run_experiment(dataset_dir, direct, out, workers=workers, device=device.value)
         write_report(out)
         console.print(f"results in {out}/results.csv, {out}/per_case.csv, {out}/summary.md")
         return
@@ -219,22 +325,65 @@ def simulate(
 
 @cli.command("worker")
 def worker_cmd(
-    pool: Annotated[str, typer.Option(help="prefork (production) or solo (embedded)")] = "prefork",
+    pool: Annotated[Pool, typer.Option(help="prefork (production) or solo (embedded)")] = Pool.prefork,
     concurrency: Annotated[int, typer.Option(help="parallel tasks; keep 1 per GPU")] = 1,
     queues: Annotated[str, typer.Option(help="queues to consume")] = "gpu",
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    quiet: Annotated[bool, typer.Option(help="no start-up banner (the embedded worker)")] = False,
 ) -> None:
     """Run a Celery worker for retraining cycles (train, evaluate, score, publish)."""
+    from app.core.config import get_settings
+    from app.core.logging import setup_logging
     from worker.celery_app import celery_app
 
-    setup_logging(get_settings().log_level, get_settings().log_json)
-    celery_app.worker_main([
-        "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}",
+    settings = get_settings()
+    setup_logging(settings.log_level, settings.json_logs)
+    prepare_database()
+    celery_app.start([
+        *(["--quiet"] if quiet else []), "worker", f"--pool={pool.value}", f"--concurrency={concurrency}",
+        f"--queues={queues}", f"--loglevel={loglevel}",
         "--without-gossip", "--without-mingle", "--prefetch-multiplier=1",
     ])
 
 
+def _strategies(text: str) -> list[str]:
+    from worker.ml.params import STRATEGY_NAMES
+
+    arms = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [a for a in arms if a not in STRATEGY_NAMES]
+    if unknown or not arms:
+        raise typer.BadParameter(f"unknown {', '.join(map(repr, unknown)) or 'empty list'}; choose from "
+                                 f"{', '.join(STRATEGY_NAMES)}", param_hint="--strategies")
+    return arms
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the caller can fix, or None for a bug (keep the traceback)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    errors = sys.modules.get("app.core.errors")
+    if errors is not None and isinstance(exc, errors.DomainError):
+        return str(exc.detail)
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is not None and isinstance(exc, sa_exc.OperationalError):
+        return f"cannot use the database (NEXTCASE_DATABASE_URL): {str(exc.orig).splitlines()[0]}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename} (set NEXTCASE_DATA_DIR to a folder you can write)"
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+        return "invalid settings: " + "; ".join(
+            f"NEXTCASE_{'_'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}" for e in exc.errors())
+    return None
+
+
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        raise SystemExit(1) from None
 if __name__ == "__main__":
     main()

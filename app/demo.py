@@ -21,7 +21,8 @@ from app.models import Case, Project, User
 from app.phantom import write_dataset
 
 DEMO_PROJECT = "demo-thorax"
-# Small enough that the first cycle finishes in about a minute on two CPU cores.
+DEMO_DURATION = "about 5 minutes on two idle CPU cores (measured), longer on a busy machine"
+# Small enough for a first cycle on a laptop CPU; the time is measured by tests/test_demo.py's run.
 DEMO_CYCLE = CycleCreate(epochs=20, learning_rate=0.003, batch_size=2, patch_size=[32, 64, 64], mc_passes=5,
                          channels=[8, 16, 32], strides=[2, 2], samples_per_volume=2, seed=0)
 
@@ -60,19 +61,27 @@ def seed(store: BlobStore, workdir: Path, dataset: Path | None = None, labelled:
 
 
 def instructions(demo: Demo, admin_token: str | None, base: str) -> str:
+    """The first steps, with the ids and lease token each command returns; the tokens come last."""
     api = f"{base}/api/v1"
-    parse = "python3 -c 'import sys, json; print(json.load(sys.stdin)[\"case\"][\"id\"])'"
+    auth = '-H "Authorization: Bearer $ANNOTATOR"'
+    field = "python3 -c 'import sys, json; print(json.load(sys.stdin){})'"
     admin = f"export ADMIN={admin_token}\n" if admin_token else ""
     return f"""
-Demo project {demo.project_id} is ready: 20 phantom chest CTs, 6 labelled + 2 validation; cycle {demo.cycle_id} is
-training on the embedded worker (about a minute). Tokens (shown once):
-{admin}export ANNOTATOR={demo.annotator_token}
+Demo project {demo.project_id} is ready: 20 phantom chest CTs, 6 labelled + 2 validation cases. Cycle {demo.cycle_id}
+trains on the embedded worker: {DEMO_DURATION}. Progress follows below.
+API {api}, interactive docs {base}/docs (Authorize with a token below).
 
-# claim the next case (a lease: no one else gets it) and download its image
-CASE=$(curl -s -X POST -H "Authorization: Bearer $ANNOTATOR" {api}/projects/{demo.project_id}/queue/next | {parse})
-curl -s -H "Authorization: Bearer $ANNOTATOR" -o image.nii.gz {api}/cases/$CASE/image
-# once cycle {demo.cycle_id} is done ({api}/cycles/{demo.cycle_id}): the model's pre-segmentation
-curl -s -H "Authorization: Bearer $ANNOTATOR" -o mask.nii.gz {api}/cases/$CASE/prediction
-# edit mask.nii.gz (3D Slicer, ITK-SNAP), then upload it as a new label version
-curl -s -X PUT -H "Authorization: Bearer $ANNOTATOR" -F file=@mask.nii.gz {api}/cases/$CASE/label
+# claim the next case: a lease, so no one else gets it; keep LEASE to renew, skip or release it
+CLAIM=$(curl -fsS -X POST {auth} {api}/projects/{demo.project_id}/queue/next)
+CASE=$(echo "$CLAIM" | {field.format('["case"]["id"]')})
+LEASE=$(echo "$CLAIM" | {field.format('["lease"]["token"]')})
+curl -fsS {auth} -o image.nii.gz {api}/cases/$CASE/image
+# once cycle {demo.cycle_id} is done: the model's pre-segmentation as a starting point
+curl -fsS {auth} -o mask.nii.gz {api}/cases/$CASE/prediction
+# edit mask.nii.gz (3D Slicer, ITK-SNAP), then upload it as a new label version (this ends the lease)
+curl -fsS -X PUT {auth} -F file=@mask.nii.gz {api}/cases/$CASE/label
+# your live leases, with their tokens: curl -fsS {auth} "{api}/leases?mine=true"
+
+Tokens (shown once; store them somewhere safe, `nextcase create-token NAME` issues a new one):
+{admin}export ANNOTATOR={demo.annotator_token}
 """

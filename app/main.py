@@ -55,7 +55,9 @@ async def _limit_and_log(request: Request, call_next: Callable[[Request], Awaita
                        f"NEXTCASE_MAX_UPLOAD_MB={get_settings().max_upload_mb}", "file")
     start = time.perf_counter()
     response = await call_next(request)
-    log.info("request", extra={
+    # Reads that succeed are the polls (cycle status, queue, Slicer's train status): DEBUG, or they drown the rest.
+    quiet = request.method in ("GET", "HEAD") and response.status_code < 400
+    log.log(logging.DEBUG if quiet else logging.INFO, "request", extra={
         "method": request.method, "route": _route(request), "status": response.status_code,
         "ms": round((time.perf_counter() - start) * 1000, 1), "user_id": getattr(request.state, "user_id", None),
     })

@@ -37,6 +37,21 @@ def shared_data(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep every default path (key file, database, blobs) of the run out of the user's data folder."""
+    path = tmp_path_factory.mktemp("data")
+    previous = os.environ.get("NEXTCASE_DATA_DIR")
+    os.environ["NEXTCASE_DATA_DIR"] = str(path)
+    get_settings.cache_clear()
+    yield path
+    if previous is None:
+        os.environ.pop("NEXTCASE_DATA_DIR", None)
+    else:
+        os.environ["NEXTCASE_DATA_DIR"] = previous
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite") / "template.db"

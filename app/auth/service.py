@@ -13,6 +13,9 @@ from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unaut
 from app.models import ApiToken, User, utcnow
 
 ROLES = ("admin", "annotator")
+# Accounts that act for NextCase itself (the bulk importer): they author rows, but cannot log in,
+# hold no token and are not admins.
+SYSTEM_ROLE = "system"
 TOKEN_PREFIX = "nc_"
 
 
@@ -38,6 +41,8 @@ def create_user(session: Session, name: str, role: str) -> User:
 
 
 def issue_token(session: Session, user: User) -> IssuedToken:
+    if user.role == SYSTEM_ROLE:
+        raise Forbidden(f"{user.name!r} is a system user: it cannot log in or hold a token")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     record = ApiToken(user_id=user.id, token_hash=hash_token(token), prefix=token[:10])
     session.add(record)
@@ -56,6 +61,8 @@ def authenticate(session: Session, token: str) -> User:
         raise Unauthorized("the bearer token has been revoked")
     if user.disabled:
         raise Unauthorized("the user of this token is disabled")
+    if user.role == SYSTEM_ROLE:
+        raise Unauthorized("system users cannot log in")
     return user
 
 
@@ -90,4 +97,24 @@ def revoke_token(session: Session, token_id: int) -> ApiToken:
 
 def get_or_create_system_user(session: Session, name: str) -> User:
     user = session.scalar(select(User).where(User.name == name))
-    return user if user is not None else create_user(session, name, "admin")
+    if user is None:
+        user = User(name=name, role=SYSTEM_ROLE)
+        session.add(user)
+        session.flush()
+    return user
+
+
+def get_user_by_name(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound(f"no user named {name!r}", field="name")
+    return user
+
+
+def user_exists(session: Session, name: str) -> bool:
+    return session.scalar(select(User.id).where(User.name == name)) is not None
+
+
+def has_usable_admin(session: Session) -> bool:
+    """An enabled admin exists (system users and disabled admins do not count)."""
+    return session.scalar(select(User.id).where(User.role == "admin", User.disabled.is_(False)).limit(1)) is not None

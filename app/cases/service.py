@@ -23,6 +23,7 @@ from app.cases.schemas import CasePublic, LabelVersionPublic
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.errors import Conflict, InvalidRequest, NotFound, UploadTooLarge
+from app.core.secret_key import patient_key
 from app.core.storage import BlobStore, StoredBlob
 from app.models import Case, LabelVersion, Patient, Project, User, utcnow
 
@@ -40,7 +41,7 @@ def check_upload_size(files: list[UploadedFile]) -> None:
 
 
 def hash_external_id(project_id: int, external_id: str) -> str:
-    key = get_settings().secret_key.get_secret_value().encode()
+    key = patient_key()
     return hmac.new(key, f"{project_id}:{external_id}".encode(), "sha256").hexdigest()
 
 

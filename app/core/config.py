@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -9,17 +11,28 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The constant key of earlier releases. Only a database that already holds patients hashed with it keeps
+# it (see app.core.secret_key); a new installation gets a random key.
 DEV_SECRET = "nextcase-development-only-secret"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded default keeps its database, blobs, broker and key: per user, not per cwd."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "nextcase"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEXTCASE_", env_file=".env", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
-    database_url: str = "sqlite:///./var/nextcase.db"
-    blob_dir: Path = Path("./var/blobs")
-    # Keys the patient-id hash: without it a pseudonym cannot be linked back to a hospital id.
-    secret_key: SecretStr = SecretStr(DEV_SECRET)
+    # Holds the SQLite database, blobs, embedded broker and generated key unless those are set apart.
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""  # empty: sqlite:///<data_dir>/nextcase.db
+    blob_dir: Path | None = None  # None: <data_dir>/blobs
+    # Keys the patient-id hash: without it a pseudonym cannot be linked back to a hospital id. Empty outside
+    # production: a random key generated on first start in <data_dir>/secret.key (owner-only) is used.
+    secret_key: SecretStr = SecretStr("")
     max_upload_mb: int = Field(default=1024, gt=0)
     lease_minutes: float = Field(default=60, gt=0)
     # Empty: the embedded default, a worker process started by `nextcase serve` on a SQLite-backed
@@ -31,15 +44,33 @@ class Settings(BaseSettings):
     # died: the broker would only redeliver after the visibility timeout, wedging the project).
     cycle_heartbeat_timeout_s: float = Field(default=600, gt=0)
     log_level: str = "INFO"
-    log_json: bool = True
+    log_json: bool | None = None  # None: human-readable lines on a terminal, JSON lines otherwise
     host: str = "127.0.0.1"
     port: int = 8000
 
     @model_validator(mode="after")
-    def _no_default_secret_in_production(self) -> Settings:
-        if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
+    def _resolve_paths_and_key(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'nextcase.db'}"
+        self.blob_dir = (self.blob_dir or self.data_dir / "blobs").expanduser().resolve()
+        key = self.secret_key.get_secret_value()
+        if self.environment == "production" and key in ("", DEV_SECRET):
             raise ValueError("NEXTCASE_SECRET_KEY must be set when NEXTCASE_ENVIRONMENT=production")
         return self
+
+    @property
+    def blobs(self) -> Path:
+        assert self.blob_dir is not None  # set by the validator
+        return self.blob_dir
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_json if self.log_json is not None else not sys.stderr.isatty()
 
     @property
     def is_sqlite(self) -> bool:
@@ -50,7 +81,7 @@ class Settings(BaseSettings):
         """Redis (or any Celery broker) when configured; else a SQLite file beside the blobs (embedded)."""
         if self.broker_url:
             return self.broker_url
-        return f"sqla+sqlite:///{(self.blob_dir.parent / 'broker.sqlite').resolve()}"
+        return f"sqla+sqlite:///{(self.blobs.parent / 'broker.sqlite').resolve()}"
 
     @property
     def embedded_worker(self) -> bool:

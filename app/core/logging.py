@@ -1,4 +1,5 @@
-"""Structured (JSON lines) logging. Log ids and actions, never patient-identifying fields."""
+"""Logging: JSON lines for machines, one readable line each on a terminal. Log ids and actions, never
+patient-identifying fields."""
 
 from __future__ import annotations
 
@@ -58,10 +59,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+class HumanFormatter(logging.Formatter):
+    """``12:03:04 INFO  nextcase.http request method=GET route=/api/v1/cycles/{cycle_id} status=200``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-5s %(name)s %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and v is not None)
+        return f"{line} {extras}" if extras else line
+
+
 def setup_logging(level: str = "INFO", as_json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    handler.setFormatter(JsonFormatter() if as_json else plain)
+    handler.setFormatter(JsonFormatter() if as_json else HumanFormatter())
     handler.addFilter(_WITHHOLD)  # also for records of the libraries' child loggers
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -14,6 +14,7 @@ from fastapi import Path, Query
 DB_INT_MAX = 2**31 - 1
 
 Id = Annotated[int, Path(ge=1, le=DB_INT_MAX)]
+QueryId = Annotated[int | None, Query(ge=1, le=DB_INT_MAX)]
 Offset = Annotated[int, Query(ge=0, le=DB_INT_MAX)]
 Version = Annotated[int | None, Query(ge=1, le=DB_INT_MAX)]
 # Lease tokens are secrets.token_urlsafe(24): URL-safe base64, 32 characters.

@@ -63,4 +63,4 @@ class BlobStore:
 
 
 def get_blob_store() -> BlobStore:
-    return BlobStore(get_settings().blob_dir)
+    return BlobStore(get_settings().blobs)

@@ -91,6 +91,20 @@ def lease_by_token(session: Session, token: str) -> Lease | None:
     return session.scalar(select(Lease).where(Lease.token == token))
 
 
+def live_leases(
+    session: Session, now: dt.datetime, user_id: int | None, project_id: int | None,
+) -> list[tuple[Lease, int, str]]:
+    """Live leases (not ended, not expired) with their case's project id and holder's name, soonest expiry first."""
+    stmt = (select(Lease, Case.project_id, User.name).join(Case, Case.lease_id == Lease.id)
+            .join(User, User.id == Lease.user_id)
+            .where(Lease.ended_at.is_(None), Lease.expires_at > now).order_by(Lease.expires_at, Lease.id))
+    if user_id is not None:
+        stmt = stmt.where(Lease.user_id == user_id)
+    if project_id is not None:
+        stmt = stmt.where(Case.project_id == project_id)
+    return [(lease, pid, name) for lease, pid, name in session.execute(stmt)]
+
+
 def queue_page(
     session: Session, project_id: int, limit: int, offset: int
 ) -> list[tuple[Case, RankingEntry | None, Lease | None, User | None]]:

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
 
+from app.auth import service as auth
 from app.auth.deps import SessionDep, UserDep
 from app.cases import repository as case_repo
 from app.cases import service as case_service
 from app.core.errors import COMMON_PROBLEMS, problem_responses
-from app.core.params import Id, LeaseToken, Offset
+from app.core.params import Id, LeaseToken, Offset, QueryId
 from app.models import Lease, Ranking, utcnow
 from app.projects.service import get_project
 from app.queue import repository as repo
@@ -15,6 +16,7 @@ from app.queue.schemas import (
     ClaimResponse,
     LeaseInfo,
     LeasePublic,
+    LiveLease,
     QueueItem,
     QueuePage,
     QueueStats,
@@ -50,6 +52,21 @@ def claim_next(project_id: Id, session: SessionDep, user: UserDep) -> ClaimRespo
         model_version=claim.ranking.model_version_id,
         lease=LeaseInfo(token=claim.lease.token, expires_at=claim.lease.expires_at),
     )
+
+
+@router.get("/leases", response_model=list[LiveLease])
+def live_leases(
+    session: SessionDep, user: UserDep,
+    mine: bool = Query(True, description="only the caller's leases; false (admins): everyone's, tokens hidden"),
+    project_id: QueryId = None,
+) -> list[LiveLease]:
+    """Live leases: a client that lost its lease token finds it here (the holder sees the token)."""
+    if not mine:
+        auth.require_role(user, "admin")
+    rows = repo.live_leases(session, utcnow(), user.id if mine else None, project_id)
+    return [LiveLease(token=lease.token if lease.user_id == user.id else None, case_id=lease.case_id,
+                      project_id=pid, user_id=lease.user_id, user=name, created_at=lease.created_at,
+                      expires_at=lease.expires_at) for lease, pid, name in rows]
 
 
 @router.post("/leases/{token}/renew", response_model=LeasePublic)

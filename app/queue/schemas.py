@@ -35,6 +35,17 @@ class LeasePublic(BaseModel):
     end_reason: str | None
 
 
+class LiveLease(BaseModel):
+    # The token is the key to renew, skip or release: shown only to its holder.
+    token: str | None = Field(description="the lease token; null on another user's lease")
+    case_id: int
+    project_id: int
+    user_id: int
+    user: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+
 class QueueItem(BaseModel):
     case_id: int
     patient: str
