@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,18 +29,38 @@ PARAMS = {"epochs": 3, "learning_rate": 0.01, "batch_size": 2, "patch_size": [32
 
 
 @pytest.fixture
-def broker(database_url: str, settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def broker(database_url: str, settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    prefix = ""
     if database_url.startswith("postgresql"):
         url = os.environ.get("NEXTCASE_TEST_REDIS_URL")
         if not url:
             pytest.skip("the production-path cycle test needs NEXTCASE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/15)")
         import redis
 
-        redis.Redis.from_url(url).flushdb()
+        # The Redis server may be shared: this test's keys carry their own prefix and only they are removed.
+        prefix = f"nextcase-test-{uuid.uuid4().hex[:12]}:"
+        neighbour = redis.Redis.from_url(url)
+        neighbour.set(f"{prefix[:-1]}-neighbour", "another installation's key")
         monkeypatch.setenv("NEXTCASE_BROKER_URL", url)
+        monkeypatch.setenv("NEXTCASE_BROKER_KEY_PREFIX", prefix)
     get_settings.cache_clear()
     reset_celery()
-    return get_settings().effective_broker_url
+    yield get_settings().effective_broker_url
+    if prefix:
+        assert delete_keys(os.environ["NEXTCASE_TEST_REDIS_URL"], prefix) > 0  # the broker used the prefix
+        assert neighbour.getdel(f"{prefix[:-1]}-neighbour") == b"another installation's key"
+        neighbour.close()
+
+
+def delete_keys(url: str, prefix: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+    if keys:
+        client.delete(*keys)
+    client.close()
+    return len(keys)
 
 
 @pytest.fixture

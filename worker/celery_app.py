@@ -24,9 +24,14 @@ from app.core.config import get_settings
 GPU_QUEUE = "gpu"
 
 
-def _transport_options(url: str, visibility_timeout_s: int) -> dict[str, Any]:
+def _transport_options(url: str, visibility_timeout_s: int, key_prefix: str) -> dict[str, Any]:
     # The SQLite-backed embedded transport hands its options to create_engine: give it none.
-    return {} if url.startswith("sqla+") else {"visibility_timeout": visibility_timeout_s}
+    if url.startswith("sqla+"):
+        return {}
+    options: dict[str, Any] = {"visibility_timeout": visibility_timeout_s}
+    if key_prefix:
+        options["global_keyprefix"] = key_prefix  # every queue and bookkeeping key (kombu >= 5.3)
+    return options
 
 
 def create_celery() -> Celery:
@@ -38,7 +43,8 @@ def create_celery() -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=GPU_QUEUE,
-        broker_transport_options=_transport_options(settings.effective_broker_url, settings.task_visibility_timeout_s),
+        broker_transport_options=_transport_options(settings.effective_broker_url, settings.task_visibility_timeout_s,
+                                                    settings.broker_key_prefix),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Empty: the embedded default, a worker process started by `nextcase serve` on a SQLite-backed
     # broker (no external service). Production: redis://redis:6379/0.
     broker_url: str = ""
+    # Prefixes every Redis key NextCase's broker uses, so several installations (or a test run) can share
+    # one Redis database without touching each other's keys.
+    broker_key_prefix: str = ""
     # Longest a cycle task may run before Redis hands its unacknowledged message to another worker.
     task_visibility_timeout_s: int = Field(default=12 * 3600, gt=0)
     # A running cycle whose worker has not written its heartbeat for this long is failed (the worker
