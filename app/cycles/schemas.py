@@ -36,6 +36,17 @@ class CycleCreate(BaseModel):
     warm_start: bool = False
 
 
+METRICS_MEANING = (
+    "Dice overlap between the model's label map and the reference mask, averaged over the split's cases "
+    "(a case where a structure is in neither mask is left out for it): 1 = identical, 0 = no overlap. per_class lists every label including the background (index 0, near "
+    "1 whenever most voxels are background); mean_dice is the mean over the structures only, background "
+    "excluded. Top level: the validation split (validation_cases cases); test: the same on the test split. "
+    "A structure at 0 was not found by the model yet (too few labels or steps). kept_step: the training step "
+    "whose checkpoint was kept (best validation Dice, validation_history)")
+PROGRESS_MEANING = ("how far the current phase is: train: step of steps and the last loss; score: scored of "
+                    "total cases")
+
+
 class CyclePublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -45,9 +56,9 @@ class CyclePublic(BaseModel):
     strategy: str
     warm_start: bool
     params: dict[str, Any]
-    progress: dict[str, Any]
-    timings: dict[str, Any]
-    metrics: dict[str, Any]
+    progress: dict[str, Any] = Field(description=PROGRESS_MEANING)
+    timings: dict[str, Any] = Field(description="seconds spent in each phase")
+    metrics: dict[str, Any] = Field(description=METRICS_MEANING)
     error: str | None
     cancel_requested: bool
     model_version_id: int | None
@@ -66,6 +77,6 @@ class ModelVersionPublic(BaseModel):
     version: int
     cycle_id: int
     params: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(description=METRICS_MEANING)
     trained_case_ids: list[int]
     created_at: dt.datetime

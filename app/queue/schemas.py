@@ -6,6 +6,13 @@ from pydantic import BaseModel, Field
 
 from app.cases.schemas import CasePublic
 
+SCORE_MEANING = (
+    "the ranking's priority for this case, comparable only within one ranking (higher = sooner); not a "
+    "probability. mc_dropout_variance: per voxel the variance over the T dropout passes, averaged over classes "
+    "and summed over the volume, so it is unbounded and grows with the volume; random: a random draw; null: the "
+    "case arrived after the ranking was published")
+RANK_MEANING = "position in the current ranking, 1 = first; null: the case arrived after it was published"
+
 
 class LeaseInfo(BaseModel):
     token: str
@@ -14,8 +21,8 @@ class LeaseInfo(BaseModel):
 
 class ClaimResponse(BaseModel):
     case: CasePublic
-    rank: int | None  # None: a case imported after the current ranking was published
-    score: float | None
+    rank: int | None = Field(description=RANK_MEANING)
+    score: float | None = Field(description=SCORE_MEANING)
     ranking_id: int | None
     model_version: int | None
     lease: LeaseInfo
@@ -49,8 +56,8 @@ class LiveLease(BaseModel):
 class QueueItem(BaseModel):
     case_id: int
     patient: str
-    rank: int | None
-    score: float | None
+    rank: int | None = Field(description=RANK_MEANING)
+    score: float | None = Field(description=SCORE_MEANING)
     status: str  # open | leased | labelled | excluded
     pinned: bool
     leased_by: str | None
