@@ -8,7 +8,9 @@ import logging
 import sys
 from typing import Any
 
-_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
+# Chatty at INFO about their own plumbing (Alembic's plugin set-up, every HTTP call the server makes to itself).
+_WARNING_ONLY = ("alembic", "httpx")
 # Libraries whose messages quote the values they complain about (a DICOM UID, a name, a date).
 _QUOTING_LOGGERS = ("pydicom", "py.warnings")
 
@@ -78,4 +80,6 @@ def setup_logging(level: str = "INFO", as_json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in _WARNING_ONLY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     keep_identifiers_out_of_library_output()
