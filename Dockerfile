@@ -1,4 +1,4 @@
-# One image for the API and the worker (docker-compose.yml chooses the command).
+# One image for migrate, the API and the worker (docker-compose.yml builds it once and chooses each command).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
