@@ -73,6 +73,13 @@ def test_long_running_services_restart_and_migrate_does_not(services: dict[str, 
     assert services["migrate"]["restart"] == "no"
 
 
+def test_postgres_is_healthy_only_once_it_listens_on_tcp(services: dict[str, Any]) -> None:
+    # On a fresh volume the image first runs a temporary server on the unix socket only; a socket
+    # probe reports it ready, and migrate (one-shot) then fails to connect over TCP and never retries.
+    kind, command = services["postgres"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and command.startswith("pg_isready -h 127.0.0.1 "), command
+
+
 # --- the worker health check -------------------------------------------------------------------
 
 
