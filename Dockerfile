@@ -1,4 +1,4 @@
-# One image for the API and the worker (docker-compose.yml chooses the command).
+# One image for migrate, the API and the worker (docker-compose.yml builds it once and chooses each command).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -16,6 +16,6 @@ COPY migrations ./migrations
 RUN pip install -e . && useradd --create-home nextcase && mkdir -p /data && chown nextcase /data
 USER nextcase
 
-ENV NEXTCASE_BLOB_DIR=/data/blobs
+ENV NEXTCASE_DATA_DIR=/data NEXTCASE_BLOB_DIR=/data/blobs
 EXPOSE 8000
 CMD ["nextcase", "serve", "--host", "0.0.0.0", "--port", "8000"]

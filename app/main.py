@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
 from app.auth.middleware import AuthenticateUploadsFirst
@@ -15,7 +17,7 @@ from app.auth.router import router as auth_router
 from app.cases.router import router as cases_router
 from app.core import db
 from app.core.config import get_settings
-from app.core.errors import install_handlers, problem
+from app.core.errors import install_handlers, problem, problem_responses
 from app.core.logging import keep_identifiers_out_of_library_output
 from app.core.storage import get_blob_store
 from app.cycles.router import router as cycles_router
@@ -24,15 +26,20 @@ from app.projects.router import router as projects_router
 from app.queue.router import router as queue_router
 
 log = logging.getLogger("nextcase.http")
+BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="NextCase", version="0.1.0",
-                  description="Decides which 3D image an annotator should label next.")
+    # /docs and /redoc load Swagger UI and ReDoc from files shipped in the fastapi-offline package,
+    # served under /static-offline-docs: the default pages fetch them from a CDN, and hospital
+    # networks are often offline (the page was blank).
+    app = FastAPIOffline(title="NextCase", version="0.1.0",
+                         description="Decides which 3D image an annotator should label next.")
     install_handlers(app)
     keep_identifiers_out_of_library_output()
     for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, monailabel_router):
         app.include_router(router)
+    _document_size_checks(app)
     app.add_middleware(AuthenticateUploadsFirst)  # inside _limit_and_log: the 401 is logged too
     app.middleware("http")(_limit_and_log)
     app.get("/healthz", tags=["ops"])(healthz)
@@ -40,10 +47,32 @@ def create_app() -> FastAPI:
     return app
 
 
+def _document_size_checks(app: FastAPI) -> None:
+    """_limit_and_log answers any body-carrying request with 411/413 before routing: say so on each operation.
+
+    Added to the generated document (FastAPI's "extending OpenAPI"), as the check itself sits
+    outside the routers.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for item in schema.get("paths", {}).values():
+                for method, operation in item.items():
+                    if method.upper() in BODY_METHODS:
+                        for status, answer in problem_responses(411, 413).items():
+                            operation["responses"].setdefault(str(status), answer)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 async def _limit_and_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     length = request.headers.get("content-length")
     limit = get_settings().max_upload_bytes
-    if request.method in ("POST", "PUT", "PATCH") and length is None and "chunked" in request.headers.get(
+    if request.method in BODY_METHODS and length is None and "chunked" in request.headers.get(
             "transfer-encoding", ""):
         # Without a length the size limit could only be enforced after spooling everything to disk.
         return problem(411, "length-required", "Length required",

@@ -91,8 +91,12 @@ def snapshot(blob_dir: Path) -> tuple[dict[str, int], set[str]]:
 def dicom_slices(
     n: int = 4, *, series_uid: str = "1.2.826.0.1.3680043.8.498.1", spacing: float = 2.0,
     skip: int | None = None, patient_name: str = "DOE^JANE", slope: float = 1.0, intercept: float = 0.0,
+    modality: str | None = "MR",
 ) -> dict[str, bytes]:
-    """A synthetic axial DICOM series (16-bit MR-like slices); ``skip`` drops one slice to make a gap."""
+    """A synthetic axial DICOM series (16-bit slices, Modality MR unless told); ``skip`` drops one slice to make a gap.
+
+    ``modality=None`` leaves out the Modality attribute (0008,0060).
+    """
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -102,7 +106,7 @@ def dicom_slices(
         if i == skip:
             continue
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.4"
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         from pydicom.dataset import Dataset
@@ -114,7 +118,8 @@ def dicom_slices(
         ds.PatientName = patient_name
         ds.PatientID = "MRN-12345"
         ds.PatientBirthDate = "19700101"
-        ds.Modality = "MR"
+        if modality is not None:
+            ds.Modality = modality
         ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.100"
         ds.SeriesInstanceUID = series_uid
         ds.InstanceNumber = i + 1

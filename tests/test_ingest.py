@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def test_same_patient_keeps_one_pseudonym_and_no_external_id_is_stored(
 
 
 def test_dicom_series_zip_sorted_rescaled_and_stripped(client: TestClient, admin: Login, settings_env: Path) -> None:
-    project = create_project(client, admin.headers)
+    project = create_project(client, admin.headers, modality="MR")
     slices = dicom_slices(5, slope=2.0, intercept=-100.0)
     r = upload_case(client, admin.headers, project["id"], zip_files(slices), filename="series.zip")
     assert r.status_code == 201, r.text
@@ -86,7 +87,7 @@ def test_dicom_series_zip_sorted_rescaled_and_stripped(client: TestClient, admin
 
 
 def test_several_dcm_files_form_one_case(client: TestClient, admin: Login) -> None:
-    project = create_project(client, admin.headers)
+    project = create_project(client, admin.headers, modality="MR")
     files = [("file", (name, data)) for name, data in dicom_slices(3).items()]
     r = client.post(f"/api/v1/projects/{project['id']}/cases", files=files, data={"patient": "P1"},
                     headers=admin.headers)
@@ -103,6 +104,73 @@ def test_same_image_twice_is_409(client: TestClient, admin: Login, settings_env:
     assert r.status_code == 409
     assert r.json()["detail"] == f"this image is already case {first.json()['id']} of the project"
     assert snapshot(settings_env) == before
+
+
+OVERRIDE = "send allow_modality_mismatch=true to ingest it anyway"
+MODALITY_MISMATCHES = {
+    "MR series, CT project": ("CT", "MR", f"series modality MR does not match project modality CT; {OVERRIDE}"),
+    "CT series, MR project": ("MR", "CT", f"series modality CT does not match project modality MR; {OVERRIDE}"),
+    "series without modality": ("CT", None, "the DICOM series has no Modality (0008,0060), so it cannot be checked "
+                                            f"against project modality CT; {OVERRIDE}"),
+}
+
+
+@pytest.mark.parametrize("name", list(MODALITY_MISMATCHES))
+@pytest.mark.parametrize("as_zip", [True, False], ids=["zip", "dcm files"])
+def test_dicom_series_of_another_modality_is_422_and_nothing_changes(
+    client: TestClient, admin: Login, settings_env: Path, name: str, as_zip: bool
+) -> None:
+    project_modality, series_modality, detail = MODALITY_MISMATCHES[name]
+    project = create_project(client, admin.headers, modality=project_modality)
+    slices = dicom_slices(3, modality=series_modality)
+    files = [("file", ("series.zip", zip_files(slices)))] if as_zip else [("file", kv) for kv in slices.items()]
+    before = snapshot(settings_env)
+    r = client.post(f"/api/v1/projects/{project['id']}/cases", files=files, data={"patient": "P1"},
+                    headers=admin.headers)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert (r.json()["detail"], r.json()["field"]) == (detail, "file")
+    assert r.json()["type"].endswith("/modality-mismatch")
+    assert snapshot(settings_env) == before
+
+
+def test_modality_mismatch_is_ingested_when_explicitly_allowed_and_audited(
+    client: TestClient, admin: Login, settings_env: Path
+) -> None:
+    project = create_project(client, admin.headers, modality="CT")
+    data = zip_files(dicom_slices(3, modality="MR"))
+    r = client.post(f"/api/v1/projects/{project['id']}/cases", files={"file": ("series.zip", data)},
+                    data={"patient": "P1", "allow_modality_mismatch": "true"}, headers=admin.headers)
+    assert r.status_code == 201, r.text
+    audit = client.get(f"/api/v1/projects/{project['id']}/audit", headers=admin.headers).json()
+    assert audit[0]["action"] == "case.create" and audit[0]["detail"]["series_modality"] == "MR"
+
+
+@pytest.mark.parametrize("odd_one,detail", [
+    ("CT", "the DICOM slices name different modalities (CT, MR); send one series per case"),
+    ("m/r", "a DICOM slice has a malformed Modality (0008,0060) value"),
+])
+def test_slices_of_one_series_with_other_or_malformed_modality_are_400(
+    client: TestClient, admin: Login, settings_env: Path, odd_one: str, detail: str
+) -> None:
+    project = create_project(client, admin.headers, modality="MR")
+    slices = dicom_slices(3)
+    odd = pydicom.dcmread(io.BytesIO(slices["slice001.dcm"]))
+    odd.Modality = odd_one
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns when writing the malformed value: that is the point
+        odd.save_as(buf)
+    slices["slice001.dcm"] = buf.getvalue()
+    before = snapshot(settings_env)
+    r = upload_case(client, admin.headers, project["id"], zip_files(slices), filename="series.zip")
+    assert (r.status_code, r.json()["detail"]) == (400, detail)
+    assert snapshot(settings_env) == before
+
+
+def test_volume_files_carry_no_modality_and_are_not_checked(client: TestClient, admin: Login) -> None:
+    project = create_project(client, admin.headers, modality="MR")
+    assert upload_case(client, admin.headers, project["id"], encode(volume())).status_code == 201
 
 
 BAD_UPLOADS = {

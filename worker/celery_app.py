@@ -20,6 +20,7 @@ from celery.signals import worker_process_init
 
 from app.core import db
 from app.core.config import get_settings
+from worker.liveness import LivenessFile
 
 GPU_QUEUE = "gpu"
 
@@ -51,6 +52,7 @@ def create_celery() -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
+    app.steps["consumer"].add(LivenessFile)
     return app
 
 

@@ -8,6 +8,7 @@ alone, so no header field of the source (DICOM tags, NRRD/MHA key-values, NIfTI 
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import zipfile
 from collections import defaultdict
@@ -31,6 +32,7 @@ SPACING_RTOL = 1e-3  # relative to the case spacing
 ORIGIN_TOL_VOXELS = 0.01  # fraction of the voxel size along each axis
 DIRECTION_ATOL = 1e-3  # direction cosines
 SLICE_GAP_RTOL = 0.01  # DICOM slice positions must be evenly spaced to within 1 %
+MODALITY_VALUE = re.compile(r"[A-Z0-9_ ]{1,16}")  # the DICOM code-string (CS) alphabet and length
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class CanonicalImage:
     geometry: Geometry
     dtype: str
     source_format: str
+    modality: str | None = None  # DICOM Modality (0008,0060); None when the format carries none
 
 
 def volume_suffix(filename: str) -> str | None:
@@ -82,9 +85,9 @@ def read_case_upload(files: list[UploadedFile]) -> CanonicalImage:
     if len(files) == 1 and files[0].filename.lower().endswith(".zip"):
         members = _unzip(files[0])
         _require_safe_member_names(files[0].filename, members)
-        return _canonical(read_dicom_series(members), "dicom")
+        return _canonical(*read_dicom_series(members))
     if all(f.filename.lower().endswith(".dcm") for f in files):
-        return _canonical(read_dicom_series(files), "dicom")
+        return _canonical(*read_dicom_series(files))
     names = ", ".join(repr(f.filename) for f in files)
     raise UnsupportedFormat(
         f"unsupported upload {names}: send one .nii/.nii.gz/.nrrd/.mha file, one .zip of a DICOM series, "
@@ -148,14 +151,15 @@ def _require_finite_voxels(array: np.ndarray) -> None:
         raise InvalidUpload("the image holds NaN or infinite voxel values", field="file")
 
 
-def _canonical(image: sitk.Image, source_format: str) -> CanonicalImage:
+def _canonical(image: sitk.Image, source_format: str, modality: str | None = None) -> CanonicalImage:
     _require_valid_geometry(image, "the image")
     array = sitk.GetArrayViewFromImage(image)
     _require_finite_voxels(array)
     clean = sitk.GetImageFromArray(np.ascontiguousarray(array))
     clean.CopyInformation(image)  # geometry only: spacing, origin, direction
     return CanonicalImage(
-        nifti=write_nifti(clean), geometry=Geometry.of(clean), dtype=str(array.dtype), source_format=source_format
+        nifti=write_nifti(clean), geometry=Geometry.of(clean), dtype=str(array.dtype), source_format=source_format,
+        modality=modality,
     )
 
 
@@ -245,12 +249,13 @@ def _read_dicom(f: UploadedFile) -> pydicom.Dataset:
     return ds
 
 
-def read_dicom_series(files: list[UploadedFile]) -> sitk.Image:
+def read_dicom_series(files: list[UploadedFile]) -> tuple[sitk.Image, str, str | None]:
     """Build a 3D image from the slices of exactly one DICOM series.
 
     Slices are sorted by their position along the slice normal; the spacing between them must be
     uniform (a missing slice is rejected rather than silently stretched). Rescale slope and
-    intercept are applied. Only geometry and pixels are kept.
+    intercept are applied. Only geometry and pixels are kept, plus the series' Modality, which the
+    ingest checks against the project's. Returns the image, ``"dicom"`` and the modality.
     """
     datasets = [_read_dicom(f) for f in files]
     series: dict[str, list[pydicom.Dataset]] = defaultdict(list)
@@ -274,7 +279,19 @@ def read_dicom_series(files: list[UploadedFile]) -> sitk.Image:
     image.SetSpacing((pixel_spacing[1], pixel_spacing[0], slice_spacing))
     image.SetOrigin(tuple(float(v) for v in _position(ordered[0])))
     image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
-    return image
+    return image, "dicom", _series_modality(datasets)
+
+
+def _series_modality(datasets: list[pydicom.Dataset]) -> str | None:
+    """The Modality (0008,0060) the slices share; None when none of them names one."""
+    values = {str(ds.get("Modality", "") or "").strip() for ds in datasets} - {""}
+    if any(not MODALITY_VALUE.fullmatch(v) for v in values):
+        # Not echoed: a malformed value is arbitrary text from the file.
+        raise InvalidUpload("a DICOM slice has a malformed Modality (0008,0060) value", field="file")
+    if len(values) > 1:
+        raise InvalidUpload(f"the DICOM slices name different modalities ({', '.join(sorted(values))}); "
+                            "send one series per case", field="file")
+    return values.pop() if values else None
 
 
 def _orientation(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray]:

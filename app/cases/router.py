@@ -35,10 +35,14 @@ def create_case(
     user: AdminDep,
     file: Annotated[list[UploadFile], File(description="one volume, one DICOM .zip, or the .dcm slices")],
     patient: Annotated[str, Form(description="the patient's external id; stored only as a keyed hash")],
+    allow_modality_mismatch: Annotated[bool, Form(
+        description="ingest a DICOM series whose Modality (0008,0060) differs from the project's, or is missing; "
+                    "it is then normalised as the project's modality")] = False,
 ) -> CasePublic:
     image = service.decode_case(_read(file))  # before the transaction: SQLite holds its write lock for it
     project = get_project(session, project_id)
-    case = service.ingest_case(session, store, project, patient, image, user)
+    case = service.ingest_case(session, store, project, patient, image, user,
+                               allow_modality_mismatch=allow_modality_mismatch)
     return service.to_public(session, [case])[0]
 
 

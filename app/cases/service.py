@@ -22,7 +22,7 @@ from app.cases.imaging import CanonicalImage, Geometry, UploadedFile, read_case_
 from app.cases.schemas import CasePublic, LabelVersionPublic
 from app.core.config import get_settings
 from app.core.db import session_scope
-from app.core.errors import Conflict, InvalidRequest, NotFound, UploadTooLarge
+from app.core.errors import Conflict, InvalidRequest, ModalityMismatch, NotFound, UploadTooLarge
 from app.core.secret_key import patient_key
 from app.core.storage import BlobStore, StoredBlob
 from app.models import Case, LabelVersion, Patient, Project, User, utcnow
@@ -94,12 +94,32 @@ def decode_case(files: list[UploadedFile]) -> CanonicalImage:
     return read_case_upload(files)
 
 
+def check_modality(project: Project, image: CanonicalImage, allow_mismatch: bool) -> bool:
+    """Refuse a DICOM series of another modality than the project's; True when a mismatch was allowed.
+
+    Training and inference normalise intensities by the project's modality (a CT window, or MR
+    z-scores), so an MR series in a CT project would be silently mis-normalised. Volume files
+    (NIfTI, NRRD, MHA) carry no modality and are not checked.
+    """
+    if image.source_format != "dicom" or image.modality == project.modality:
+        return False
+    if allow_mismatch:
+        return True
+    override = "send allow_modality_mismatch=true to ingest it anyway"
+    if image.modality is None:
+        raise ModalityMismatch("the DICOM series has no Modality (0008,0060), so it cannot be checked against "
+                               f"project modality {project.modality}; {override}", field="file")
+    raise ModalityMismatch(f"series modality {image.modality} does not match project modality {project.modality}; "
+                           f"{override}", field="file")
+
+
 def ingest_case(
     session: Session, store: BlobStore, project: Project, patient_external_id: str, image: CanonicalImage,
-    user: User,
+    user: User, *, allow_modality_mismatch: bool = False,
 ) -> Case:
     if not patient_external_id.strip():
         raise InvalidRequest("patient must not be empty", field="patient")
+    overridden = check_modality(project, image, allow_modality_mismatch)  # before the blob: a refusal leaves nothing
     blob = store.put(image.nifti, "nii.gz")
     with _blob_rolled_back_on_error(session, store, blob):
         existing = repo.find_case_by_sha(session, project.id, blob.sha256)
@@ -115,7 +135,7 @@ def ingest_case(
         session.add(case)
         session.flush()
         audit.record(session, "case.create", user_id=user.id, project_id=project.id, case_id=case.id,
-                     source_format=image.source_format)
+                     source_format=image.source_format, **({"series_modality": image.modality} if overridden else {}))
         return case
 
 

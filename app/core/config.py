@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # A running cycle whose worker has not written its heartbeat for this long is failed (the worker
     # died: the broker would only redeliver after the visibility timeout, wedging the project).
     cycle_heartbeat_timeout_s: float = Field(default=600, gt=0)
+    # A running worker touches this file every few seconds; the worker container's health check
+    # reads its age (worker/liveness.py). Unset: no file is written.
+    worker_liveness_file: Path | None = None
     log_level: str = "INFO"
     log_json: bool | None = None  # None: human-readable lines on a terminal, JSON lines otherwise
     host: str = "127.0.0.1"

@@ -39,6 +39,10 @@ class GeometryMismatch(DomainError):
     status, type, title = 422, "geometry-mismatch", "Label geometry does not match the case"
 
 
+class ModalityMismatch(DomainError):
+    status, type, title = 422, "modality-mismatch", "Image modality does not match the project"
+
+
 class InvalidLabelValues(DomainError):
     status, type, title = 422, "invalid-label-values", "Label values outside the project's schema"
 
