@@ -32,6 +32,7 @@ from worker import pipeline
 client_module = pytest.importorskip("monailabel.client.client", reason="pip install --no-deps monailabel==0.8.5")
 MONAILabelClient = client_module.MONAILabelClient
 MONAILabelClientException = client_module.MONAILabelClientException
+STRATEGY = "nextcase"  # the one strategy /info/ lists: Slicer sends the first one listed
 
 
 @pytest.fixture
@@ -59,6 +60,22 @@ def project(live_server: str, admin: Login, tmp_path: Path, monkeypatch: pytest.
             "base": f"{live_server}/monailabel/{project['id']}", "enqueued": sent}
 
 
+@pytest.fixture
+def fresh(live_server: str, admin: Login) -> dict[str, Any]:
+    """A project with 3 unlabelled cube cases and no cycle yet (so no model): fast to build."""
+    from tests.factories import encode
+
+    http = httpx.Client(base_url=f"{live_server}/api/v1", headers=admin.headers)
+    project = http.post("/projects", json={"name": "fresh", "modality": "CT", "labels": ["background", "cube"]}).json()
+    ids = [http.post(f"/projects/{project['id']}/cases", files={"file": ("c.nii.gz", encode(_image(cube_case(s)[0])))},
+                     data={"patient": f"p{s}"}).json()["id"] for s in range(3)]
+    return {**project, "case_ids": ids, "base": f"{live_server}/monailabel/{project['id']}", "api": http}
+
+
+def case_of(sample: dict[str, Any]) -> int:
+    return int(sample["id"][4:].split("-")[0])
+
+
 def status_of(exc: pytest.ExceptionInfo[Any]) -> int:
     """The HTTP status a client exception carries (some client calls only put it in the message)."""
     found = re.search(r"Status: (\d+)", exc.value.msg)
@@ -81,7 +98,7 @@ def test_whole_slicer_session(project: dict[str, Any], admin: Login, annotator: 
     assert isinstance(info["train_stats"]["segmentation"]["best_metric"], float)
     assert "uncertainty" in info["strategies"] and "random" in info["strategies"]
 
-    sample = client.next_sample("uncertainty", {})
+    sample = client.next_sample(STRATEGY, {})
     assert sample["id"].startswith("case") and sample["name"] == f"{sample['id']}.nii.gz"
     case_id = int(sample["id"][4:].split("-")[0])
     assert case_id in project["unlabelled"]
@@ -138,7 +155,7 @@ def test_without_credentials_only_auth_answers(project: dict[str, Any]) -> None:
     client = MONAILabelClient(project["base"])
     assert client.auth_enabled()
     calls: list[Callable[[], Any]] = [
-        client.info, lambda: client.next_sample("random", {}), client.datastore,
+        client.info, lambda: client.next_sample(STRATEGY, {}), client.datastore,
         lambda: client.train_start("segmentation", {}), client.train_stop, client.train_status,
         lambda: client.infer("segmentation", f"case{project['unlabelled'][0]}", {}),
         lambda: client.download_label(f"case{project['unlabelled'][0]}", "original"),
@@ -164,7 +181,7 @@ def test_two_users_drain_without_overlap_and_third_cannot_save(
 
     def drain(login: Login) -> None:
         client = logged_in(project["base"], login)
-        while sample := client.next_sample("uncertainty", {}):
+        while sample := client.next_sample(STRATEGY, {}):
             got[login.name].append(int(sample["id"][4:].split("-")[0]))
             client.save_label(sample["id"], project["label_path"])
 
@@ -179,7 +196,7 @@ def test_two_users_drain_without_overlap_and_third_cannot_save(
 
 def test_foreign_lease_save_is_refused(project: dict[str, Any], annotator: Login) -> None:
     holder = logged_in(project["base"], annotator)
-    sample = holder.next_sample("uncertainty", {})
+    sample = holder.next_sample(STRATEGY, {})
     intruder = logged_in(project["base"], make_login("dave", "annotator"))
     with pytest.raises(MONAILabelClientException) as refused:
         intruder.save_label(sample["id"], project["label_path"])
@@ -188,24 +205,24 @@ def test_foreign_lease_save_is_refused(project: dict[str, Any], annotator: Login
 
 def test_next_sample_releases_and_never_repeats(project: dict[str, Any], annotator: Login) -> None:
     client = logged_in(project["base"], annotator)
-    first = client.next_sample("uncertainty", {})
-    second = client.next_sample("random", {})
+    first = client.next_sample(STRATEGY, {})
+    second = client.next_sample(STRATEGY, {})
     assert first["id"].split("-")[0] != second["id"].split("-")[0]
     seen = [first["id"].split("-")[0], second["id"].split("-")[0]]
-    while sample := client.next_sample("uncertainty", {}):
+    while sample := client.next_sample(STRATEGY, {}):
         assert sample["id"].split("-")[0] != seen[-1]
         seen.append(sample["id"].split("-")[0])
         if len(seen) > 12:
             break
     other = logged_in(project["base"], make_login("erin", "annotator"))
-    assert other.next_sample("uncertainty", {})  # skipped cases stay available to others
+    assert other.next_sample(STRATEGY, {})  # skipped cases stay available to others
 
 
 def test_empty_queue_is_200_empty_object(project: dict[str, Any], admin: Login) -> None:
     client = logged_in(project["base"], admin)
-    while sample := client.next_sample("uncertainty", {}):
+    while sample := client.next_sample(STRATEGY, {}):
         client.save_label(sample["id"], project["label_path"])
-    assert client.next_sample("uncertainty", {}) == {}
+    assert client.next_sample(STRATEGY, {}) == {}
 
 
 def test_paths_answer_200_with_and_without_slash_never_redirect(project: dict[str, Any], admin: Login) -> None:
@@ -249,7 +266,7 @@ def test_malformed_client_input_is_422_not_500(project: dict[str, Any], admin: L
     assert r.status_code == 422 and r.json()["detail"] == "body is not valid JSON"
     r = http.post("/train/segmentation", json={"epochs": 0})
     assert r.status_code == 422 and r.json()["field"] == "epochs"
-    sample = logged_in(project["base"], admin).next_sample("uncertainty", {})
+    sample = logged_in(project["base"], admin).next_sample(STRATEGY, {})
     with open(project["label_path"], "rb") as fh:
         mask = fh.read()
     r = http.put("/datastore/label", params={"image": sample["id"]}, data={"params": "[1, 2]"},
@@ -259,3 +276,16 @@ def test_malformed_client_input_is_422_not_500(project: dict[str, Any], admin: L
     r = http.put("/datastore/label", params={"image": sample["id"]}, data={"params": bad_info},
                  files={"label": ("m.nii.gz", mask)})
     assert r.status_code == 422 and r.json()["field"] == "params"
+
+
+def test_no_model_is_advertised_before_the_first_one(fresh: dict[str, Any], annotator: Login) -> None:
+    """Slicer auto-segments each new sample with every listed segmentation model: none may be listed yet."""
+    client = logged_in(fresh["base"], annotator)
+    info = client.info()
+    assert info["models"] == {}
+    assert info["labels"] == ["cube"] and info["trainers"]  # labelling and training still work
+    sample = client.next_sample(STRATEGY, {})
+    with pytest.raises(MONAILabelClientException) as no_model:  # asked anyway: a clear 404, not a crash
+        client.infer("segmentation", sample["id"], {})
+    assert status_of(no_model) == 404 and "no trained model yet" in no_model.value.msg
+

@@ -129,6 +129,20 @@ def train_stats(session: Session, project_id: int) -> dict[str, Any]:
     return stats
 
 
+def models(session: Session, project: Project) -> dict[str, Any]:
+    """The inference model, listed only once a cycle has published one.
+
+    Slicer auto-segments every new sample with each listed segmentation model; listing one before
+    it exists made every Next Sample end in an "inference failed (404)" dialog.
+    """
+    model = latest_model(session, project.id)
+    if model is None:
+        return {}
+    return {MODEL_NAME: {"type": "segmentation", "labels": label_names(project), "dimension": 3,
+                         "description": f"MONAI 3D U-Net with MC dropout, model version {model.version} "
+                                        "(retrained by NextCase cycles)", "config": {}}}
+
+
 def info(session: Session, project: Project) -> dict[str, Any]:
     from worker.ml.params import TrainParams
     from worker.ml.scoring import STRATEGIES
@@ -144,9 +158,7 @@ def info(session: Session, project: Project) -> dict[str, Any]:
         "description": f"NextCase project {project.name} ({project.modality}): cases ranked by active learning",
         "version": "nextcase-0.1.0",
         "labels": list(names),
-        "models": {MODEL_NAME: {"type": "segmentation", "labels": names, "dimension": 3,
-                                "description": "MONAI 3D U-Net with MC dropout, retrained by NextCase cycles",
-                                "config": {}}},
+        "models": models(session, project),
         "trainers": {MODEL_NAME: {"description": "start a NextCase retraining cycle",
                                   "config": {"steps": defaults.steps, "mc_passes": defaults.mc_passes}}},
         "strategies": {"uncertainty": {"description": "the NextCase ranking of the current model"},
