@@ -96,7 +96,7 @@ def test_whole_slicer_session(project: dict[str, Any], admin: Login, annotator: 
     assert info["labels"] == ["cube"] and info["models"]["segmentation"]["labels"] == {"cube": 1}
     assert info["datastore"] == {"total": 6, "completed": 2, "label_tags": {"final": 2}}
     assert isinstance(info["train_stats"]["segmentation"]["best_metric"], float)
-    assert "uncertainty" in info["strategies"] and "random" in info["strategies"]
+    assert list(info["strategies"]) == [STRATEGY]
 
     sample = client.next_sample(STRATEGY, {})
     assert sample["id"].startswith("case") and sample["name"] == f"{sample['id']}.nii.gz"
@@ -289,3 +289,17 @@ def test_no_model_is_advertised_before_the_first_one(fresh: dict[str, Any], anno
         client.infer("segmentation", sample["id"], {})
     assert status_of(no_model) == 404 and "no trained model yet" in no_model.value.msg
 
+def test_strategies_list_what_the_queue_really_does(project: dict[str, Any], fresh: dict[str, Any],
+                                                    annotator: Login) -> None:
+    trained = logged_in(project["base"], annotator).info()["strategies"]
+    assert list(trained) == [STRATEGY]
+    assert "model version 1" in trained[STRATEGY]["description"]
+    assert "mc_dropout_variance" in trained[STRATEGY]["description"]
+    cold = logged_in(fresh["base"], annotator)
+    description = cold.info()["strategies"][STRATEGY]["description"]
+    assert "no model yet" in description and "random" in description and "skipped" in description
+    for unknown in ("random", "uncertainty", "bald"):  # every name once gave the same queue
+        with pytest.raises(MONAILabelClientException) as refused:
+            cold.next_sample(unknown, {})
+        assert status_of(refused) == 404 and "'nextcase'" in refused.value.msg
+    assert cold.next_sample(STRATEGY, {})["id"]

@@ -100,7 +100,7 @@ def info(project_id: Id, session: SessionDep, _: UserDep) -> dict[str, Any]:
 
 @route("POST", "/activelearning/{strategy}")
 def activelearning(project_id: Id, strategy: str, session: SessionDep, user: UserDep) -> dict[str, Any]:
-    # Every strategy name (including OHIF's default "random") serves the project's one ranking.
+    service.check_strategy(strategy)
     return service.next_sample(session, get_project(session, project_id), user)
 
 

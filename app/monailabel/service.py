@@ -23,6 +23,8 @@ from app.models import ACTIVE_CYCLE_STATES, Case, Cycle, Lease, ModelVersion, Pr
 from app.queue import service as queue
 
 MODEL_NAME = "segmentation"
+# The project has one queue; a list of strategy names that all served it was decorative.
+QUEUE_STRATEGY = "nextcase"
 ID_PATTERN = re.compile(r"^case(?P<case>\d{1,12})(?:-(?P<key>[0-9a-f]{16}))?$")
 TASK_STATUS = {"queued": "RUNNING", "running": "RUNNING", "done": "DONE", "failed": "ERROR", "cancelled": "STOPPED"}
 
@@ -100,6 +102,27 @@ def next_sample(session: Session, project: Project, user: User) -> dict[str, Any
     }
 
 
+def check_strategy(name: str) -> None:
+    if name != QUEUE_STRATEGY:
+        raise NotFound(f"unknown strategy {name[:40]!r}: this server offers one, {QUEUE_STRATEGY!r}, the project's "
+                       "queue (see /info/)", field="strategy")
+
+
+def queue_description(session: Session, project: Project) -> str:
+    """What Next Sample really does, in the order the queue applies it."""
+    return (f"The project's one annotation queue: pinned cases first, then {_ranking_phrase(session, project)}, "
+            "then cases added since that ranking, and the cases you skipped last.")
+
+
+def _ranking_phrase(session: Session, project: Project) -> str:
+    ranking = queue.current_ranking(session, project)
+    if ranking is None or ranking.kind == "cold_start":
+        return "a seeded random order (no model yet: cold start)"
+    model = session.get(ModelVersion, ranking.model_version_id) if ranking.model_version_id else None
+    source = f"model version {model.version}" if model is not None else "the current model"
+    return f"the ranking of {source}, scored by {ranking.strategy}"
+
+
 def label_names(project: Project) -> dict[str, int]:
     return {name: idx for idx, name in enumerate(project.labels) if idx > 0}
 
@@ -145,7 +168,6 @@ def models(session: Session, project: Project) -> dict[str, Any]:
 
 def info(session: Session, project: Project) -> dict[str, Any]:
     from worker.ml.params import TrainParams
-    from worker.ml.scoring import STRATEGIES
 
     total = session.scalar(select(func.count()).select_from(Case).where(
         Case.project_id == project.id, Case.deleted_at.is_(None))) or 0
@@ -161,8 +183,7 @@ def info(session: Session, project: Project) -> dict[str, Any]:
         "models": models(session, project),
         "trainers": {MODEL_NAME: {"description": "start a NextCase retraining cycle",
                                   "config": {"steps": defaults.steps, "mc_passes": defaults.mc_passes}}},
-        "strategies": {"uncertainty": {"description": "the NextCase ranking of the current model"},
-                       **{name: {"description": f"NextCase ranking (scored by {name})"} for name in STRATEGIES}},
+        "strategies": {QUEUE_STRATEGY: {"description": queue_description(session, project)}},
         "scoring": {},
         "train_stats": {MODEL_NAME: train_stats(session, project.id)},
         "datastore": {"total": int(total), "completed": int(completed), "label_tags": {"final": int(completed)}},

@@ -85,6 +85,11 @@ def publish_cold_start(session: Session, project_id: int, seed: int | None = Non
                            kind="cold_start", strategy="random", seed=seed)
 
 
+def current_ranking(session: Session, project: Project) -> Ranking | None:
+    """The ranking claims follow now, without publishing one (None before the first claim)."""
+    return repo.get_ranking(session, project.current_ranking_id)
+
+
 def _current_ranking(session: Session, project: Project) -> Ranking:
     """The ranking a claim follows; before any model exists, a cold-start one covering every case."""
     current = repo.get_ranking(session, project.current_ranking_id)
