@@ -303,3 +303,27 @@ def test_strategies_list_what_the_queue_really_does(project: dict[str, Any], fre
             cold.next_sample(unknown, {})
         assert status_of(refused) == 404 and "'nextcase'" in refused.value.msg
     assert cold.next_sample(STRATEGY, {})["id"]
+
+
+def test_next_sample_after_skipping_every_case_is_stable(fresh: dict[str, Any], annotator: Login) -> None:
+    """Once all are skipped, Next Sample goes round them, least recently skipped first; never "none left"."""
+    client = logged_in(fresh["base"], annotator)
+    samples = [client.next_sample(STRATEGY, {}) for _ in range(8)]
+    assert all(sample.get("id") for sample in samples)
+    cases = [case_of(sample) for sample in samples]
+    assert sorted(cases[:3]) == fresh["case_ids"]
+    assert cases[3:] == cases[:3] + cases[:2]
+    assert len({sample["id"] for sample in samples}) == 8  # a new lease each time: an id Slicer has not loaded
+
+
+def test_next_sample_with_one_case_left_hands_it_back_each_time(fresh: dict[str, Any], admin: Login,
+                                                                annotator: Login) -> None:
+    from tests.factories import encode
+
+    for seed, case_id in enumerate(fresh["case_ids"][:2]):
+        mask = encode(_image(cube_case(seed)[1]))
+        assert fresh["api"].put(f"/cases/{case_id}/label", files={"file": ("l.nii.gz", mask)}).status_code == 201
+    client = logged_in(fresh["base"], annotator)
+    samples = [client.next_sample(STRATEGY, {}) for _ in range(4)]
+    assert [case_of(sample) for sample in samples] == [fresh["case_ids"][2]] * 4
+    assert len({sample["id"] for sample in samples}) == 4

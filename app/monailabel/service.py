@@ -79,18 +79,14 @@ def case_by_capability(session: Session, project: Project, ref: ImageRef) -> tup
 def next_sample(session: Session, project: Project, user: User) -> dict[str, Any]:
     """Release the holder's current lease (recorded as a skip), then claim the next case.
 
-    Slicer clears its scene and cannot load the id it just showed, so the case just released is
-    never handed straight back: when it is all that is left, the reply is "nothing left" ({}).
+    The queue hands skipped cases back last, least recently skipped first, so the case just skipped
+    comes back only when it is the one case left, and then every time. Slicer cannot load an id it
+    already showed; the id carries the new lease's key, so it is a new one.
     """
-    released = None
     for lease, _case in queue.live_leases(session, project.id, user.id)[:1]:
         queue.end_lease(session, lease.token, user, "skipped", "next sample requested in MONAI Label client")
-        released = lease.case_id
     claim = queue.claim_next(session, project, user)
     if claim is None:
-        return {}
-    if claim.case.id == released:
-        queue.end_lease(session, claim.lease.token, user, "released")
         return {}
     return {
         "id": image_id(claim.case, claim.lease),
@@ -111,7 +107,7 @@ def check_strategy(name: str) -> None:
 def queue_description(session: Session, project: Project) -> str:
     """What Next Sample really does, in the order the queue applies it."""
     return (f"The project's one annotation queue: pinned cases first, then {_ranking_phrase(session, project)}, "
-            "then cases added since that ranking, and the cases you skipped last.")
+            "then cases added since that ranking, and the cases you skipped last, least recently skipped first.")
 
 
 def _ranking_phrase(session: Session, project: Project) -> str:

@@ -106,7 +106,7 @@ def _current_ranking(session: Session, project: Project) -> Ranking:
 def claim_next(session: Session, project: Project, user: User) -> Claim | None:
     ranking = _current_ranking(session, project)
     now = utcnow()
-    picked = repo.pick_next(session, project.id, ranking.id, now, repo.skipped_by(session, project.id, user.id))
+    picked = repo.pick_next(session, project.id, ranking.id, now, user.id)
     if picked is None:
         return None
     case, entry = picked
