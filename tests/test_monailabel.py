@@ -327,3 +327,33 @@ def test_next_sample_with_one_case_left_hands_it_back_each_time(fresh: dict[str,
     samples = [client.next_sample(STRATEGY, {}) for _ in range(4)]
     assert [case_of(sample) for sample in samples] == [fresh["case_ids"][2]] * 4
     assert len({sample["id"] for sample in samples}) == 4
+
+
+def test_train_progress_follows_the_phases_and_reaches_100_only_when_done(
+    fresh: dict[str, Any], admin: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slicer's bar is epoch / total_epochs; it showed 100 % from the end of training while scoring ran on."""
+    from app.models import Cycle
+
+    monkeypatch.setattr("app.cycles.service.enqueue", lambda cycle_id: None)
+    client = logged_in(fresh["base"], admin)
+    cycle_id = int(client.train_start("segmentation", {"steps": 40})["id"])
+    states = [("running", "train", {"step": 20, "steps": 40}), ("running", "train", {"step": 40, "steps": 40}),
+              ("running", "evaluate", {}), ("running", "score", {"scored": 1, "total": 4}),
+              ("running", "score", {"scored": 4, "total": 4}), ("running", "publish", {}), ("done", "publish", {})]
+    shown, details = [], []
+    for status, phase, progress in states:
+        with db.session_scope() as session:
+            cycle = session.get(Cycle, cycle_id)
+            assert cycle is not None
+            cycle.status, cycle.phase, cycle.progress = status, phase, {**cycle.progress, **progress}
+            cycle.started_at = cycle.created_at
+            if status == "done":
+                cycle.finished_at = cycle.created_at
+        stats = client.info()["train_stats"]["segmentation"]
+        shown.append(100 * stats["epoch"] / stats["total_epochs"])
+        details.append(client.train_status()["details"][0])
+    assert shown == sorted(shown) and shown[0] < shown[1] < shown[3] < shown[4]  # rises through the phases
+    assert max(shown[:-1]) < 100 == shown[-1]  # 100 % only once the cycle is done
+    assert "training: step 20 of 40" in details[0] and "scoring: 1 of 4 cases" in details[3]
+    assert "publishing" in details[5] and details[6] == f"cycle {cycle_id}: done"

@@ -133,15 +133,53 @@ def latest_model(session: Session, project_id: int) -> ModelVersion | None:
                           .order_by(ModelVersion.version.desc()).limit(1))
 
 
+# Slicer draws one bar, epoch / total_epochs, for a whole training run. A cycle runs four phases, so
+# each gets a share of 100 "epochs" (training dominates; scoring every unlabelled case comes next)
+# and the bar reaches 100 only when the cycle is done: counting training steps alone showed 100 %
+# from the end of training while evaluation and scoring still ran.
+PHASE_SHARES = {"train": (0, 60), "evaluate": (60, 65), "score": (65, 98), "publish": (98, 99)}
+PHASE_WORDS = {"train": "training", "evaluate": "evaluating", "score": "scoring", "publish": "publishing"}
+
+
+def _fraction(count: Any, total: Any) -> float:
+    return min(1.0, int(count or 0) / int(total)) if total else 0.0
+
+
+def phase_done(cycle: Cycle) -> float:
+    """How much of its current phase the cycle has done (0..1), from the progress the worker records."""
+    if cycle.phase == "train":
+        return _fraction(cycle.progress.get("step"), cycle.progress.get("steps"))
+    if cycle.phase == "score":
+        return _fraction(cycle.progress.get("scored"), cycle.progress.get("total"))
+    return 0.0  # evaluate and publish record no finer progress
+
+
+def cycle_percent(cycle: Cycle) -> int:
+    if cycle.status == "done":
+        return 100
+    if cycle.phase not in PHASE_SHARES:
+        return 0
+    start, end = PHASE_SHARES[cycle.phase]
+    return int(start + (end - start) * phase_done(cycle))
+
+
+def phase_detail(cycle: Cycle) -> str:
+    """E.g. "scoring: 3 of 10 cases" for the phase a running cycle is in."""
+    word = PHASE_WORDS.get(cycle.phase or "", "waiting for a worker")
+    if cycle.phase == "train" and cycle.progress.get("steps"):
+        return f"{word}: step {int(cycle.progress.get('step') or 0)} of {int(cycle.progress['steps'])}"
+    if cycle.phase == "score" and cycle.progress.get("total") is not None:
+        return f"{word}: {int(cycle.progress.get('scored') or 0)} of {int(cycle.progress['total'])} cases"
+    return word
+
+
 def train_stats(session: Session, project_id: int) -> dict[str, Any]:
     cycle = latest_cycle(session, project_id)
     model = latest_model(session, project_id)
     best = model.metrics.get("mean_dice") if model else None
     stats: dict[str, Any] = {"epoch": 0, "total_epochs": 0, "best_metric": float(best or 0.0), "start_ts": 0}
     if cycle is not None:
-        # MONAI Label speaks of epochs; a NextCase cycle counts optimiser steps.
-        stats.update(epoch=int(cycle.progress.get("step") or 0),
-                     total_epochs=int(cycle.progress.get("steps") or cycle.params.get("steps") or 0),
+        stats.update(epoch=cycle_percent(cycle), total_epochs=100, phase=cycle.phase,
                      start_ts=int((cycle.started_at or cycle.created_at).timestamp()))
         if cycle.finished_at is not None:
             stats["total_time"] = round((cycle.finished_at - (cycle.started_at or cycle.created_at)).total_seconds(), 1)
@@ -187,7 +225,9 @@ def info(session: Session, project: Project) -> dict[str, Any]:
 
 
 def task_json(cycle: Cycle) -> dict[str, Any]:
-    details = [f"cycle {cycle.id}: {cycle.status}" + (f" ({cycle.phase})" if cycle.phase else "")]
+    running = cycle.status in ACTIVE_CYCLE_STATES
+    details = [f"cycle {cycle.id}: {cycle.status}"
+               + (f" ({phase_detail(cycle)}; {cycle_percent(cycle)} % of the cycle)" if running else "")]
     if cycle.error:
         details.append(cycle.error)
     return {
