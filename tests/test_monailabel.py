@@ -22,6 +22,7 @@ import pytest
 import SimpleITK as sitk
 from sqlalchemy import select
 
+from app.cases.imaging import read_nifti
 from app.core import db
 from app.models import LabelVersion, User
 from tests.conftest import Login, make_login
@@ -357,3 +358,34 @@ def test_train_progress_follows_the_phases_and_reaches_100_only_when_done(
     assert max(shown[:-1]) < 100 == shown[-1]  # 100 % only once the cycle is done
     assert "training: step 20 of 40" in details[0] and "scoring: 1 of 4 cases" in details[3]
     assert "publishing" in details[5] and details[6] == f"cycle {cycle_id}: done"
+
+
+def test_slicer_seg_nrrd_cropped_to_its_extent_is_placed_on_the_full_grid(
+    fresh: dict[str, Any], annotator: Login, tmp_path: Path
+) -> None:
+    from app.cases.imaging import Geometry
+    from tests.test_slicer_segmentation import seg_nrrd
+
+    grid = Geometry(shape=(16, 16, 16), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    client = logged_in(fresh["base"], annotator)
+    sample = client.next_sample(STRATEGY, {})
+    layers = np.zeros((2, 3, 4, 2), dtype=np.uint8)
+    layers[0, 0, 0, :] = 1  # one voxel in both segments
+    overlapping = tmp_path / "overlap.seg.nrrd"
+    overlapping.write_bytes(seg_nrrd(layers, (5, 6, 7), (("cube", 1, 0), ("other", 1, 1)), case=grid))
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.save_label(sample["id"], str(overlapping))
+    assert status_of(refused) == 422 and "overlapping segments" in refused.value.msg
+    assert "Overwrite all" in refused.value.msg
+
+    crop = np.zeros((2, 3, 4), dtype=np.uint8)  # z, y, x
+    crop[1, 2, 3] = crop[0, 0, 0] = 1
+    cropped = tmp_path / "C:\\Users\\annotator\\Segmentation.seg.nrrd"
+    cropped.write_bytes(seg_nrrd(crop, (5, 6, 7), (("cube", 1, 0),), case=grid))
+    saved = client.save_label(sample["id"], str(cropped), params={"label_info": [{"name": "cube", "idx": 1}]})
+    assert saved["version"] == 1  # the refused upload stored nothing
+    stored = fresh["api"].get(f"/cases/{case_of(sample)}/label")
+    mask = sitk.GetArrayFromImage(read_nifti(stored.content))
+    assert mask.shape == (16, 16, 16) and np.count_nonzero(mask) == 2
+    assert mask[7, 6, 5] == mask[8, 8, 8] == 1

@@ -149,7 +149,14 @@ def _label_upload(label_file: UploadFile) -> UploadedFile:
     suffix = next((s for s in LABEL_SUFFIXES if name.endswith(s)), None)
     if suffix is None:
         raise InvalidRequest(f"label file {name!r} is not .nii.gz, .nii, .nrrd or .seg.nrrd", field="label")
-    return UploadedFile("label" + (".nrrd" if suffix == ".seg.nrrd" else suffix), label_file.file.read())
+    return UploadedFile("label" + suffix, label_file.file.read())
+
+
+def _decode_label(case_id: int, upload: UploadedFile) -> bytes:
+    # Slicer saves a .seg.nrrd cropped to its segments' extent: it is placed onto the case's grid.
+    if upload.filename.endswith(".seg.nrrd"):
+        return cases.decode_slicer_segmentation(case_id, upload)
+    return cases.decode_label(case_id, upload)
 
 
 def _json_object(raw: str | bytes, field: str) -> dict[str, Any]:
@@ -186,7 +193,7 @@ def save_label(
     if tag not in ("", "final"):
         raise InvalidRequest(f"only final labels are stored; got tag {tag!r}", field="tag")
     ref = service.parse_image_id(image)
-    data = cases.decode_label(ref.case_id, _label_upload(label))  # before this request's transaction
+    data = _decode_label(ref.case_id, _label_upload(label))  # before this request's transaction
     project = get_project(session, project_id)
     _check_label_info(_json_object(params, "params"), project)
     case = service.case_for(session, project, ref)
