@@ -24,8 +24,9 @@ from sqlalchemy import select
 
 from app.cases.imaging import read_nifti
 from app.core import db
-from app.models import LabelVersion, User
+from app.models import AuditEvent, LabelVersion, User
 from tests.conftest import Login, make_login
+from tests.factories import encode
 from tests.ml.synthetic import cube_case
 from tests.test_cycles import TINY, _image
 from worker import pipeline
@@ -64,13 +65,12 @@ def project(live_server: str, admin: Login, tmp_path: Path, monkeypatch: pytest.
 @pytest.fixture
 def fresh(live_server: str, admin: Login) -> dict[str, Any]:
     """A project with 3 unlabelled cube cases and no cycle yet (so no model): fast to build."""
-    from tests.factories import encode
-
     http = httpx.Client(base_url=f"{live_server}/api/v1", headers=admin.headers)
     project = http.post("/projects", json={"name": "fresh", "modality": "CT", "labels": ["background", "cube"]}).json()
     ids = [http.post(f"/projects/{project['id']}/cases", files={"file": ("c.nii.gz", encode(_image(cube_case(s)[0])))},
                      data={"patient": f"p{s}"}).json()["id"] for s in range(3)]
-    return {**project, "case_ids": ids, "base": f"{live_server}/monailabel/{project['id']}", "api": http}
+    return {**project, "case_ids": ids, "base": f"{live_server}/monailabel/{project['id']}", "api": http,
+            "api_url": f"{live_server}/api/v1"}
 
 
 def case_of(sample: dict[str, Any]) -> int:
@@ -319,8 +319,6 @@ def test_next_sample_after_skipping_every_case_is_stable(fresh: dict[str, Any], 
 
 def test_next_sample_with_one_case_left_hands_it_back_each_time(fresh: dict[str, Any], admin: Login,
                                                                 annotator: Login) -> None:
-    from tests.factories import encode
-
     for seed, case_id in enumerate(fresh["case_ids"][:2]):
         mask = encode(_image(cube_case(seed)[1]))
         assert fresh["api"].put(f"/cases/{case_id}/label", files={"file": ("l.nii.gz", mask)}).status_code == 201
@@ -389,3 +387,80 @@ def test_slicer_seg_nrrd_cropped_to_its_extent_is_placed_on_the_full_grid(
     mask = sitk.GetArrayFromImage(read_nifti(stored.content))
     assert mask.shape == (16, 16, 16) and np.count_nonzero(mask) == 2
     assert mask[7, 6, 5] == mask[8, 8, 8] == 1
+
+
+def _volume_file(tmp_path: Path, seed: int, name: str = "local.nii.gz") -> str:
+    path = tmp_path / name
+    path.write_bytes(encode(_image(cube_case(seed)[0])))
+    return str(path)
+
+
+def test_a_volume_opened_locally_in_slicer_becomes_a_new_case(
+    fresh: dict[str, Any], admin: Login, tmp_path: Path
+) -> None:
+    """Slicer uploads a local volume under its node name, then segments and saves under that same name."""
+    from app.models import ImageAlias
+
+    client = logged_in(fresh["base"], admin)
+    node = "DOE^JANE CT 3"  # a node name may carry what the file was called: it must not be stored
+    reply = client.upload_image(_volume_file(tmp_path, 7), node)
+    case_id = int(reply["image"][4:])
+    assert reply == {"image": f"case{case_id}", "created": True} and case_id not in fresh["case_ids"]
+    case = fresh["api"].get(f"/cases/{case_id}").json()
+    assert case["patient"].startswith("PT-") and case["status"] == "unlabelled"
+
+    label = tmp_path / "label.nii.gz"
+    label.write_bytes(encode(_image(cube_case(7)[1])))
+    saved = client.save_label(node, str(label), params={"label_info": [{"name": "cube", "idx": 1}]})
+    assert (saved["label"], saved["version"]) == (f"case{case_id}", 1)
+    again = client.upload_image(_volume_file(tmp_path, 7), node)  # Slicer re-uploads: the same case, no copy
+    assert again == {"image": f"case{case_id}", "created": False}
+    assert len(fresh["api"].get(f"/projects/{fresh['id']}/cases").json()["items"]) == 4
+    with db.session_scope() as session:
+        stored = [str(row) for row in session.execute(select(AuditEvent.detail))]
+        stored += [str(row) for row in session.execute(select(ImageAlias.__table__))]
+    assert stored and not any("DOE" in row for row in stored)
+
+
+def test_annotators_upload_only_when_the_project_allows_it(
+    fresh: dict[str, Any], admin: Login, annotator: Login, tmp_path: Path, settings_env: Path
+) -> None:
+    from tests.factories import snapshot
+
+    client = logged_in(fresh["base"], annotator)
+    before = snapshot(settings_env)
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.upload_image(_volume_file(tmp_path, 8), "MRHead")
+    assert status_of(refused) == 403 and "annotators_can_upload_cases" in refused.value.msg
+    assert snapshot(settings_env) == before
+
+    setting = {"annotators_can_upload_cases": True}
+    r = httpx.patch(f"{fresh['api_url']}/projects/{fresh['id']}", json=setting, headers=annotator.headers)
+    assert r.status_code == 403
+    r = fresh["api"].patch(f"/projects/{fresh['id']}", json=setting)
+    assert r.status_code == 200 and r.json()["annotators_can_upload_cases"] is True
+    assert fresh["api"].get(f"/projects/{fresh['id']}").json()["annotators_can_upload_cases"] is True
+
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b not a volume")
+    with pytest.raises(MONAILabelClientException) as bad:  # the same ingest checks as the REST upload
+        client.upload_image(str(broken), "MRHead")
+    assert status_of(bad) == 400 and snapshot(settings_env) == before
+    case_id = int(client.upload_image(_volume_file(tmp_path, 8), "MRHead")["image"][4:])
+    sample = client.datastore()["objects"]  # the uploader holds the lease: no one else is handed the case
+    assert [int(image_id[4:].split("-")[0]) for image_id in sample] == [case_id]
+    other = logged_in(fresh["base"], make_login("carol", "annotator"))
+    with pytest.raises(MONAILabelClientException) as foreign:  # a node name means something to its user only
+        other.save_label("MRHead", _volume_file(tmp_path, 8, "l.nii.gz"))
+    assert status_of(foreign) == 404
+
+
+def test_sessions_are_refused_with_what_to_do_instead(fresh: dict[str, Any], admin: Login, tmp_path: Path) -> None:
+    """Slicer opens a session only for interactive models, which NextCase does not list."""
+    client = logged_in(fresh["base"], admin)
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.create_session(_volume_file(tmp_path, 7))
+    assert status_of(refused) == 406 and "PUT /datastore/" in str(refused.value.response)
+    with pytest.raises(MONAILabelClientException) as missing:
+        client.get_session("anything")
+    assert status_of(missing) == 404

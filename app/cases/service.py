@@ -7,6 +7,7 @@ nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections.abc import Callable, Iterator
@@ -117,6 +118,11 @@ def ingest_case(
         audit.record(session, "case.create", user_id=user.id, project_id=project.id, case_id=case.id,
                      source_format=image.source_format)
         return case
+
+
+def find_same_image(session: Session, project: Project, image: CanonicalImage) -> Case | None:
+    """The project's case (deleted ones too) whose stored image has exactly these canonical bytes."""
+    return repo.find_case_by_sha(session, project.id, hashlib.sha256(image.nifti).hexdigest())
 
 
 def case_geometry(case: Case) -> Geometry:

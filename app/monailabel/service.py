@@ -3,23 +3,31 @@
 Image ids handed to a MONAI Label client are ``case<id>-<key>`` where ``key`` is derived from the
 live lease's secret token: the id is a capability for that lease, so Slicer's token-less image
 download works for the lease holder only, and only while the lease is live. Authenticated calls
-also accept the plain ``case<id>``.
+also accept the plain ``case<id>``, and, for a volume the user uploaded (Slicer: one opened locally),
+the id their client gave it (Slicer: the node name), stored only as a keyed hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.errors import DomainError, NotFound
+from app.cases import service as cases
+from app.cases.imaging import CanonicalImage
+from app.core.db import session_scope
+from app.core.errors import Conflict, DomainError, Forbidden, NotFound
 from app.core.params import DB_INT_MAX
+from app.core.storage import BlobStore
 from app.cycles.service import fail_stale
 from app.models import ACTIVE_CYCLE_STATES, Case, Cycle, Lease, ModelVersion, Project, User, utcnow
+from app.monailabel import repository as repo
+from app.projects.service import get_project
 from app.queue import service as queue
 
 MODEL_NAME = "segmentation"
@@ -31,6 +39,10 @@ TASK_STATUS = {"queued": "RUNNING", "running": "RUNNING", "done": "DONE", "faile
 
 class TooManyRequests(DomainError):
     status, type, title = 429, "training-active", "Training already running"
+
+
+class SessionsNotOffered(DomainError):
+    status, type, title = 406, "sessions-not-offered", "Sessions not offered"
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,64 @@ def case_for(session: Session, project: Project, ref: ImageRef) -> Case:
     if case is None or case.project_id != project.id or case.deleted_at is not None:
         raise NotFound(f"no image case{ref.case_id} in this project", field="image")
     return case
+
+
+def _alias_hash(project: Project, user: User, image: str) -> str:
+    # Keyed, like a patient's external id: a Slicer node name may carry what the file was called.
+    return cases.hash_external_id(project.id, f"monailabel-image:{user.id}:{image}")
+
+
+def resolve(session: Session, project: Project, user: User, image: str) -> Case:
+    """The case a client's image id names: an id this user gave an uploaded volume, else a NextCase id.
+
+    Slicer keeps calling a volume it uploaded by its node name, so that name comes first.
+    """
+    alias = repo.find_alias(session, project.id, user.id, _alias_hash(project, user, image))
+    if alias is not None:
+        return case_for(session, project, ImageRef(alias.case_id, None))
+    return case_for(session, project, parse_image_id(image))
+
+
+def resolve_case_id(project_id: int, user: User, image: str) -> int:
+    """:func:`resolve` in a short transaction of its own, for routes that decode an upload before theirs."""
+    with session_scope() as peek:
+        return resolve(peek, get_project(peek, project_id), user, image).id
+
+
+def require_upload_allowed(project: Project, user: User) -> None:
+    if user.role != "admin" and not project.annotators_can_upload_cases:
+        raise Forbidden("adding a case needs an admin, or the project setting annotators_can_upload_cases "
+                        "(an admin sets it with PATCH /api/v1/projects/{id})", field="annotators_can_upload_cases")
+
+
+def check_upload_allowed(project_id: int, user: User) -> None:
+    """Refuse before the upload is decoded, in a short transaction of its own (see cases.decode_label)."""
+    with session_scope() as peek:
+        require_upload_allowed(get_project(peek, project_id), user)
+
+
+def add_uploaded_case(
+    session: Session, store: BlobStore, project: Project, user: User, image: CanonicalImage, alias: str,
+    patient: str | None,
+) -> tuple[Case, bool]:
+    """A volume uploaded from a client becomes a case (or is the case that already has these voxels).
+
+    Returns the case and whether it is new. The uploader gets the lease on it (they opened it to
+    annotate it), and ``alias`` (the client's id for it) names it for this user from now on.
+    """
+    require_upload_allowed(project, user)  # again: the setting may have changed while the upload was decoded
+    case = cases.find_same_image(session, project, image)
+    created = case is None
+    if case is None:
+        # Pseudonymous by construction: nothing from the file or the client names the patient.
+        case = cases.ingest_case(session, store, project, patient or f"monailabel-upload-{uuid.uuid4().hex}",
+                                 image, user)
+    elif case.deleted_at is not None:
+        raise Conflict(f"this image was case {case.id} of the project, which has been deleted", field="file")
+    if alias:
+        repo.save_alias(session, project.id, user.id, _alias_hash(project, user, alias), case.id)
+    queue.lease_case(session, case, user)
+    return case, created
 
 
 def case_by_capability(session: Session, project: Project, ref: ImageRef) -> tuple[Case, User] | None:
