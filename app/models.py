@@ -94,6 +94,8 @@ class Project(Base):
         ForeignKey("rankings.id", use_alter=True, name="fk_projects_current_ranking_id_rankings"),
         default=None,
     )
+    # Admins always may add cases; annotators (from Slicer, a volume opened locally) only when this is set.
+    annotators_can_upload_cases: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Patient(Base):
@@ -136,6 +138,24 @@ class Case(Base):
         ForeignKey("leases.id", use_alter=True, name="fk_cases_lease_id_leases"), default=None
     )
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class ImageAlias(Base):
+    """The id a MONAI Label client gave an uploaded volume (Slicer: its node name), for that user only.
+
+    Only a keyed hash of the id is stored: a node name may carry what the file was called.
+    """
+
+    __tablename__ = "image_aliases"
+    __table_args__ = (
+        UniqueConstraint("project_id", "user_id", "alias_hash", name="uq_image_aliases_project_user_alias"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    alias_hash: Mapped[str] = mapped_column(String(64))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class LabelVersion(Base):

@@ -29,6 +29,7 @@ from app.core.storage import BlobStore, get_blob_store
 from app.models import Case, CaseScore, Cycle, LabelVersion, ModelVersion, Project, utcnow
 from app.queue.service import publish_ranking
 from worker.data import encode_on_case_grid, load_array
+from worker.ml.cancel import Cancelled
 
 log = logging.getLogger("nextcase.worker")
 PHASES = ("train", "evaluate", "score", "publish")
@@ -55,7 +56,7 @@ def run_phase(cycle_id: int, phase: str, store: BlobStore | None = None) -> None
     try:
         with _heartbeat(cycle_id):
             PHASE_FUNCTIONS[phase](cycle_id, store)
-    except CycleCancelled:
+    except (CycleCancelled, Cancelled):
         _finish(cycle_id, "cancelled", f"cancelled by an admin during {phase}")
         log.info("cycle cancelled", extra={"cycle_id": cycle_id, "phase": phase})
         return
@@ -152,6 +153,11 @@ def _progress(cycle_id: int, **values: Any) -> bool:
 
 
 def _cancel_checker(cycle_id: int) -> Callable[[], bool]:
+    """A ``should_stop`` for the ML loops: reads the cancel flag at most every CANCEL_CHECK_S seconds.
+
+    The loops poll it at every training step and every sliding window, so a cancel acts within about
+    CANCEL_CHECK_S plus one window, while the database sees one small query per interval.
+    """
     last = [0.0]
 
     def should_stop() -> bool:
@@ -267,15 +273,18 @@ def evaluate(cycle_id: int, store: BlobStore) -> None:
     """Dice per class on the validation split (top-level metrics) and on the test split (``test``)."""
     cycle, project = _context(cycle_id)
     model, meta = _load_model(store, cycle)
-    validation = _dice_on(store, model, meta, project, "validation")
+    should_stop = _cancel_checker(cycle_id)
+    validation = _dice_on(store, model, meta, project, "validation", should_stop)
     metrics: dict[str, Any] = {"validation_cases": validation.pop("cases"), **validation}
-    test = _dice_on(store, model, meta, project, "test")
+    test = _dice_on(store, model, meta, project, "test", should_stop)
     if test["cases"]:
         metrics["test"] = test
     _store_metrics(cycle_id, metrics)
 
 
-def _dice_on(store: BlobStore, model: Any, meta: Any, project: Project, split: str) -> dict[str, Any]:
+def _dice_on(
+    store: BlobStore, model: Any, meta: Any, project: Project, split: str, should_stop: Callable[[], bool]
+) -> dict[str, Any]:
     from worker.ml.inference import evaluate as evaluate_model
 
     with db.session_scope() as session:
@@ -283,7 +292,7 @@ def _dice_on(store: BlobStore, model: Any, meta: Any, project: Project, split: s
     if not pairs:
         return {"cases": 0, "per_class": {}, "mean_dice": None, "note": f"no labelled case in the {split} split"}
     images, labels = _arrays(store, pairs)
-    result = evaluate_model(model, images, labels, project.modality, meta.params)
+    result = evaluate_model(model, images, labels, project.modality, meta.params, should_stop=should_stop)
     per_case = [{"case_id": case.id, "mean_dice": scores["mean_dice"],
                  "per_class": dict(zip(project.labels, scores["per_class"], strict=True))}
                 for (case, _), scores in zip(pairs, result["per_case"], strict=True)]
@@ -308,11 +317,12 @@ def score(cycle_id: int, store: BlobStore) -> None:
             Case.project_id == project.id, Case.split == "pool", Case.status == "unlabelled",
             Case.deleted_at.is_(None)).order_by(Case.id)))
     model, meta = _load_model(store, cycle)
+    should_stop = _cancel_checker(cycle_id)
     for done, case in enumerate(cases):
         if _progress(cycle_id, scored=done, total=len(cases)):
             raise CycleCancelled
         image = normalise(load_array(store, case.blob_key).astype(np.float32), project.modality)
-        result = score_case(model, image, cycle.strategy, meta.params, case_key=case.id)
+        result = score_case(model, image, cycle.strategy, meta.params, case_key=case.id, should_stop=should_stop)
         assert result.prediction is not None and result.embedding is not None
         extras: dict[str, Any] = {**result.extras, "embedding": [round(float(v), 6) for v in result.embedding]}
         row = CaseScore(cycle_id=cycle_id, case_id=case.id, score=float(result.score), extras=extras,

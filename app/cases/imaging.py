@@ -103,6 +103,13 @@ def _format_name(filename: str) -> str:
 
 def read_volume(upload: UploadedFile) -> sitk.Image:
     """Read one NIfTI/NRRD/MHA file with SimpleITK; the format follows the file name."""
+    image = read_image(upload)
+    require_scalar_3d(image, upload.filename)
+    return image
+
+
+def read_image(upload: UploadedFile) -> sitk.Image:
+    """Like :func:`read_volume` with the same byte checks, but any dimension and component count."""
     suffix = volume_suffix(upload.filename)
     if suffix is None:
         raise UnsupportedFormat(
@@ -121,11 +128,10 @@ def read_volume(upload: UploadedFile) -> sitk.Image:
                 f"could not read {upload.filename!r} as {suffix[1:]}: the file is corrupt or truncated",
                 field="file",
             ) from exc
-    _require_scalar_3d(image, upload.filename)
     return image
 
 
-def _require_scalar_3d(image: sitk.Image, name: str) -> None:
+def require_scalar_3d(image: sitk.Image, name: str) -> None:
     if image.GetDimension() != 3:
         raise InvalidUpload(f"{name!r} is {image.GetDimension()}D; a 3D volume is required", field="file")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -349,6 +355,11 @@ def read_label_upload(upload: UploadedFile, case: Geometry, num_classes: int) ->
     check_geometry(Geometry.of(image), case)
     values = sitk.GetArrayFromImage(image)
     check_label_values(values, num_classes)
+    return mask_nifti(values, case, num_classes)
+
+
+def mask_nifti(values: np.ndarray, case: Geometry, num_classes: int) -> bytes:
+    """Canonical NIfTI bytes of checked (z, y, x) label values on the case's grid."""
     mask = sitk.GetImageFromArray(values.astype(np.uint8 if num_classes <= 256 else np.uint16))
     mask.SetSpacing(case.spacing)
     mask.SetOrigin(case.origin)

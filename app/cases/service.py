@@ -7,6 +7,7 @@ nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from app.audit import service as audit
 from app.cases import repository as repo
 from app.cases.imaging import CanonicalImage, Geometry, UploadedFile, read_case_upload, read_label_upload
 from app.cases.schemas import CasePublic, LabelVersionPublic
+from app.cases.slicer_segmentation import read_slicer_segmentation
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.errors import Conflict, InvalidRequest, ModalityMismatch, NotFound, UploadTooLarge
@@ -139,6 +141,11 @@ def ingest_case(
         return case
 
 
+def find_same_image(session: Session, project: Project, image: CanonicalImage) -> Case | None:
+    """The project's case (deleted ones too) whose stored image has exactly these canonical bytes."""
+    return repo.find_case_by_sha(session, project.id, hashlib.sha256(image.nifti).hexdigest())
+
+
 def case_geometry(case: Case) -> Geometry:
     return Geometry(
         shape=(int(case.shape[0]), int(case.shape[1]), int(case.shape[2])),
@@ -163,13 +170,24 @@ def decode_label(case_id: int, upload: UploadedFile) -> bytes:
 
     On SQLite every transaction holds the write lock; decoding a large mask must not hold it.
     """
+    geometry, labels = _label_target(case_id, upload)
+    return read_label_upload(upload, geometry, len(labels))
+
+
+def decode_slicer_segmentation(case_id: int, upload: UploadedFile) -> bytes:
+    """Like :func:`decode_label` for a Slicer .seg.nrrd, which may be cropped to its segments' extent."""
+    geometry, labels = _label_target(case_id, upload)
+    return read_slicer_segmentation(upload, geometry, labels)
+
+
+def _label_target(case_id: int, upload: UploadedFile) -> tuple[Geometry, list[str]]:
+    """The case's geometry and the project's labels, read in a short transaction of its own."""
     check_upload_size([upload])
     with session_scope() as peek:
         case = get_case(peek, case_id)
         project = peek.get(Project, case.project_id)
         assert project is not None
-        geometry, num_classes = case_geometry(case), len(project.labels)
-    return read_label_upload(upload, geometry, num_classes)
+        return case_geometry(case), list(project.labels)
 
 
 def upload_label(

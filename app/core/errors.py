@@ -87,7 +87,8 @@ class Problem(BaseModel):
 
 _DESCRIPTIONS = {
     400: "Invalid input (e.g. an unreadable upload)", 401: "Missing or invalid bearer token",
-    403: "The token's user lacks the role", 404: "No such resource", 409: "Conflicts with the current state",
+    403: "The token's user lacks the role", 404: "No such resource", 406: "Not offered by this server",
+    409: "Conflicts with the current state",
     410: "The lease has expired or ended", 411: "Upload without Content-Length", 413: "Upload too large",
     415: "Unsupported file format", 422: "Invalid request parameters or body", 429: "A training cycle is running",
     503: "A backing service (task broker) is unavailable",

@@ -34,6 +34,7 @@ from app.core.errors import (
     InvalidRequest,
     NotFound,
     Unauthorized,
+    UnsupportedFormat,
     problem_responses,
 )
 from app.core.params import Id
@@ -50,6 +51,7 @@ router = APIRouter(prefix="/monailabel/{project_id}", tags=["monailabel"],
 UserDep = Annotated[User, Depends(current_user)]
 StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip", ".dcm")
 
 
 def route(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -100,7 +102,7 @@ def info(project_id: Id, session: SessionDep, _: UserDep) -> dict[str, Any]:
 
 @route("POST", "/activelearning/{strategy}")
 def activelearning(project_id: Id, strategy: str, session: SessionDep, user: UserDep) -> dict[str, Any]:
-    # Every strategy name (including OHIF's default "random") serves the project's one ranking.
+    service.check_strategy(strategy)
     return service.next_sample(session, get_project(session, project_id), user)
 
 
@@ -130,12 +132,11 @@ def datastore_image(
 ) -> FileResponse:
     """The case image. Slicer downloads it without a token: the lease-scoped id is the credential."""
     project = get_project(session, project_id)
-    ref = service.parse_image_id(image)
     if user is not None:
-        case = service.case_for(session, project, ref)
+        case = service.resolve(session, project, user, image)
         queue.touch(session, case, user)
     else:
-        found = service.case_by_capability(session, project, ref)
+        found = service.case_by_capability(session, project, service.parse_image_id(image))
         if found is None:
             raise Unauthorized("this image needs a bearer token, or the id of your live lease on it")
         # Not lease activity: the id may sit in a cache file name or a proxy log, and whoever polls it
@@ -149,7 +150,14 @@ def _label_upload(label_file: UploadFile) -> UploadedFile:
     suffix = next((s for s in LABEL_SUFFIXES if name.endswith(s)), None)
     if suffix is None:
         raise InvalidRequest(f"label file {name!r} is not .nii.gz, .nii, .nrrd or .seg.nrrd", field="label")
-    return UploadedFile("label" + (".nrrd" if suffix == ".seg.nrrd" else suffix), label_file.file.read())
+    return UploadedFile("label" + suffix, label_file.file.read())
+
+
+def _decode_label(case_id: int, upload: UploadedFile) -> bytes:
+    # Slicer saves a .seg.nrrd cropped to its segments' extent: it is placed onto the case's grid.
+    if upload.filename.endswith(".seg.nrrd"):
+        return cases.decode_slicer_segmentation(case_id, upload)
+    return cases.decode_label(case_id, upload)
 
 
 def _json_object(raw: str | bytes, field: str) -> dict[str, Any]:
@@ -185,14 +193,57 @@ def save_label(
     """Submit a label: a new NextCase label version by the holder; completes the lease."""
     if tag not in ("", "final"):
         raise InvalidRequest(f"only final labels are stored; got tag {tag!r}", field="tag")
-    ref = service.parse_image_id(image)
-    data = cases.decode_label(ref.case_id, _label_upload(label))  # before this request's transaction
+    case_id = service.resolve_case_id(project_id, user, image)
+    data = _decode_label(case_id, _label_upload(label))  # before this request's transaction
     project = get_project(session, project_id)
     _check_label_info(_json_object(params, "params"), project)
-    case = service.case_for(session, project, ref)
+    case = service.case_for(session, project, service.ImageRef(case_id, None))
     version = cases.upload_label(session, store, case.id, data, user, before_save=queue.check_and_end_lease)
     return {"image": image, "label": f"case{case.id}", "tag": "final", "version": version.version,
             "author": user.name}
+
+
+def _volume_upload(file: UploadFile) -> UploadedFile:
+    # The client sends its full local path, which may name the patient: only the suffix is kept.
+    name = (file.filename or "").replace("\\", "/").rsplit("/", 1)[-1].lower()
+    suffix = next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        raise UnsupportedFormat("the uploaded file is not .nii.gz, .nii, .nrrd, .mha, a .zip of a DICOM series or "
+                                "a .dcm file", field="file")
+    return UploadedFile("upload" + suffix, file.file.read())
+
+
+@route("PUT", "/datastore/")
+def upload_image(
+    project_id: Id, session: SessionDep, store: StoreDep, user: UserDep, file: Annotated[UploadFile, File()],
+    image: str = Query("", max_length=1000), params: Annotated[str, Form()] = "{}",
+) -> dict[str, Any]:
+    """A volume opened locally in the client becomes a new case: the ingest of POST /api/v1/projects/{id}/cases.
+
+    Admins always may; annotators when the project's annotators_can_upload_cases is set. ``image``
+    (Slicer: the volume's node name) names the case for this user in later calls.
+    """
+    service.check_upload_allowed(project_id, user)  # before decoding: a refused upload costs nothing
+    patient = _json_object(params, "params").get("patient")
+    if patient is not None and (not isinstance(patient, str) or not patient.strip()):
+        raise InvalidRequest("params.patient must be a non-empty string (a pseudonymous patient id)", field="params")
+    volume = cases.decode_case([_volume_upload(file)])  # before this request's transaction
+    project = get_project(session, project_id)
+    case, created = service.add_uploaded_case(session, store, project, user, volume, image, patient)
+    return {"image": service.image_id(case), "created": created}
+
+
+@route("PUT", "/session/", responses=problem_responses(406))
+def create_session(project_id: Id, _: UserDep) -> None:
+    raise service.SessionsNotOffered(
+        "NextCase offers no sessions: Slicer opens one only for interactive models (deepgrow, scribbles), which "
+        "NextCase does not list. A volume opened locally is uploaded with PUT /datastore/ instead, which Slicer "
+        "does before it segments or saves it")
+
+
+@route("GET", "/session/{session_id}")
+def get_session(project_id: Id, session_id: str, _: UserDep) -> None:
+    raise NotFound(f"no session {session_id[:40]!r}: NextCase offers no sessions", field="session_id")
 
 
 @route("GET", "/datastore/")
@@ -218,7 +269,7 @@ def datastore_label(
 ) -> Response:
     """Latest label version; with tag=original and no label yet, the current model's prediction."""
     project = get_project(session, project_id)
-    case = service.case_for(session, project, service.parse_image_id(label))
+    case = service.resolve(session, project, user, label)
     queue.touch(session, case, user)
     try:
         _, data = cases.label_bytes(session, store, case, None)
@@ -266,7 +317,7 @@ def infer(
 ) -> Response:
     """The current model's label map on the served image's grid, as uint8 NRRD."""
     project = get_project(session, project_id)
-    case = service.case_for(session, project, service.parse_image_id(image))
+    case = service.resolve(session, project, user, image)
     queue.touch(session, case, user)
     mask = _nrrd(service.prediction_array(session, store, case, project), case)
     if output == "image":  # OHIF reads a raw body

@@ -7,7 +7,7 @@ from app.auth.deps import AdminDep, SessionDep, UserDep
 from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, Offset
 from app.projects import service
-from app.projects.schemas import ProjectCreate, ProjectPublic
+from app.projects.schemas import ProjectCreate, ProjectPatch, ProjectPublic
 
 router = APIRouter(prefix="/api/v1", tags=["projects"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409))
@@ -15,7 +15,8 @@ router = APIRouter(prefix="/api/v1", tags=["projects"],
 
 @router.post("/projects", response_model=ProjectPublic, status_code=201)
 def create_project(body: ProjectCreate, session: SessionDep, admin: AdminDep) -> ProjectPublic:
-    project = service.create_project(session, body.name, body.modality, body.labels)
+    project = service.create_project(session, body.name, body.modality, body.labels,
+                                     body.annotators_can_upload_cases)
     audit.record(session, "project.create", user_id=admin.id, project_id=project.id, name=project.name)
     return ProjectPublic.model_validate(project)
 
@@ -28,6 +29,14 @@ def list_projects(session: SessionDep, _: UserDep) -> list[ProjectPublic]:
 @router.get("/projects/{project_id}", response_model=ProjectPublic)
 def get_project(project_id: Id, session: SessionDep, _: UserDep) -> ProjectPublic:
     return ProjectPublic.model_validate(service.get_project(session, project_id))
+
+
+@router.patch("/projects/{project_id}", response_model=ProjectPublic)
+def update_project(project_id: Id, body: ProjectPatch, session: SessionDep, admin: AdminDep) -> ProjectPublic:
+    project = service.get_project(session, project_id)
+    if body.annotators_can_upload_cases is not None:
+        service.set_annotators_can_upload_cases(session, project, body.annotators_can_upload_cases, admin)
+    return ProjectPublic.model_validate(project)
 
 
 @router.get("/projects/{project_id}/audit")

@@ -10,6 +10,8 @@ class ProjectCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     modality: Literal["CT", "MR"]
     labels: list[str] = Field(min_length=2, max_length=255)
+    annotators_can_upload_cases: bool = Field(
+        default=False, description="annotators may add cases (a volume opened locally in 3D Slicer); admins always may")
 
     @field_validator("labels")
     @classmethod
@@ -31,3 +33,11 @@ class ProjectPublic(BaseModel):
     labels: list[str]
     created_at: dt.datetime
     current_ranking_id: int | None
+    annotators_can_upload_cases: bool
+
+
+class ProjectPatch(BaseModel):
+    """Project settings an admin may change; fields left out stay as they are."""
+
+    annotators_can_upload_cases: bool | None = Field(
+        default=None, description="annotators may add cases (a volume opened locally in 3D Slicer)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ScalarSelect, Select, and_, case, false, func, literal, or_, select, true
+from sqlalchemy import ScalarSelect, Select, Subquery, and_, case, false, func, literal, or_, select, true
 from sqlalchemy.orm import Session
 
 from app.models import Case, Lease, Project, Ranking, RankingEntry, User
@@ -51,13 +51,16 @@ def _lock_first(session: Session, stmt: Select[Case, RankingEntry]) -> tuple[Cas
 
 
 def pick_next(
-    session: Session, project_id: int, ranking_id: int | None, now: dt.datetime, skipped: set[int]
+    session: Session, project_id: int, ranking_id: int | None, now: dt.datetime, user_id: int
 ) -> tuple[Case, RankingEntry | None] | None:
     """Lock the first open case in queue order: pinned, ranked, unranked, then this annotator's skips.
 
     One small query per tier instead of one sort over the whole project: the ranked tier walks
-    ``ix_ranking_entries_ranking_rank`` and stops at the first open case.
+    ``ix_ranking_entries_ranking_rank`` and stops at the first open case. Skipped cases come back
+    least recently skipped first: in rank order, skipping the top one when every case was skipped
+    handed that same case straight back, so the annotator could never get past it.
     """
+    skipped = skipped_by(session, project_id, user_id)
     entry = and_(RankingEntry.case_id == Case.id, RankingEntry.ranking_id == ranking_id)
     with_entry = select(Case, RankingEntry).outerjoin(RankingEntry, entry).where(*open_case_filter(project_id, now))
     fresh = [Case.id.not_in(skipped)] if skipped else []
@@ -69,13 +72,22 @@ def pick_next(
         with_entry.where(*fresh, RankingEntry.case_id.is_(None)).order_by(Case.id),
     ]
     if skipped:
-        tiers.append(with_entry.where(Case.id.in_(skipped))
-                     .order_by(Case.pinned.desc(), RankingEntry.rank.is_(None), RankingEntry.rank, Case.id))
+        last_skip = _last_skips(user_id)
+        tiers.append(with_entry.join(last_skip, last_skip.c.case_id == Case.id)
+                     .order_by(last_skip.c.skipped_at, Case.pinned.desc(), RankingEntry.rank.is_(None),
+                               RankingEntry.rank, Case.id))
     for stmt in tiers:
         picked = _lock_first(session, stmt)
         if picked is not None:
             return picked
     return None
+
+
+def _last_skips(user_id: int) -> Subquery:
+    """(case_id, skipped_at): when the user last skipped each case they skipped."""
+    return (select(Lease.case_id, func.max(Lease.ended_at).label("skipped_at"))
+            .where(Lease.user_id == user_id, Lease.end_reason == "skipped")
+            .group_by(Lease.case_id).subquery())
 
 
 def skipped_by(session: Session, project_id: int, user_id: int) -> set[int]:

@@ -85,6 +85,11 @@ def publish_cold_start(session: Session, project_id: int, seed: int | None = Non
                            kind="cold_start", strategy="random", seed=seed)
 
 
+def current_ranking(session: Session, project: Project) -> Ranking | None:
+    """The ranking claims follow now, without publishing one (None before the first claim)."""
+    return repo.get_ranking(session, project.current_ranking_id)
+
+
 def _current_ranking(session: Session, project: Project) -> Ranking:
     """The ranking a claim follows; before any model exists, a cold-start one covering every case."""
     current = repo.get_ranking(session, project.current_ranking_id)
@@ -101,20 +106,44 @@ def _current_ranking(session: Session, project: Project) -> Ranking:
 def claim_next(session: Session, project: Project, user: User) -> Claim | None:
     ranking = _current_ranking(session, project)
     now = utcnow()
-    picked = repo.pick_next(session, project.id, ranking.id, now, repo.skipped_by(session, project.id, user.id))
+    picked = repo.pick_next(session, project.id, ranking.id, now, user.id)
     if picked is None:
         return None
     case, entry = picked
     _end_stale_lease(session, case, now)
+    lease = _grant(session, case, user, ranking.id, now)
+    return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking)
+
+
+def lease_case(session: Session, case: Case, user: User) -> Lease | None:
+    """Lease one given case to ``user`` (a volume they just uploaded to annotate) if it is open.
+
+    Returns the user's live lease on it, or None when the case is not open (labelled, not in the
+    pool, excluded) or someone else holds it: then the user labels it without a lease, as anyone may.
+    """
+    now = utcnow()
+    locked = session.get(Case, case.id, with_for_update={"key_share": True}, populate_existing=True)
+    if locked is None or locked.status != "unlabelled" or locked.split != "pool" or locked.excluded:
+        return None
+    if locked.lease_id is not None and locked.lease_expires_at is not None and locked.lease_expires_at > now:
+        held = session.get(Lease, locked.lease_id)
+        return held if held is not None and held.user_id == user.id and held.ended_at is None else None
+    _end_stale_lease(session, locked, now)
+    return _grant(session, locked, user, None, now)
+
+
+def _grant(session: Session, case: Case, user: User, ranking_id: int | None, now: dt.datetime) -> Lease:
+    """Write a new lease on a case the caller has locked and found open."""
     lease = Lease(
         token=secrets.token_urlsafe(24), case_id=case.id, user_id=user.id,
-        ranking_id=ranking.id, created_at=now, expires_at=now + lease_duration(),
+        ranking_id=ranking_id, created_at=now, expires_at=now + lease_duration(),
     )
     session.add(lease)
     session.flush()
     case.lease_id, case.lease_expires_at = lease.id, lease.expires_at
-    audit.record(session, "lease.claim", user_id=user.id, project_id=project.id, case_id=case.id, lease_id=lease.id)
-    return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking)
+    audit.record(session, "lease.claim", user_id=user.id, project_id=case.project_id, case_id=case.id,
+                 lease_id=lease.id)
+    return lease
 
 
 def _end_stale_lease(session: Session, case: Case, now: dt.datetime) -> None:

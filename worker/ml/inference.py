@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worker.ml.cancel import StopCheck, check_stop
 from worker.ml.network import WindowGrid, bottleneck_module, consistent_dropout_modules, preserve_modes
 from worker.ml.params import TrainParams
 from worker.ml.transforms import normalise
@@ -53,7 +54,8 @@ def window_starts(size: int, roi: int, overlap: float, align: int) -> list[int]:
 
 
 def sliding_window_probabilities(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, embedding: list[torch.Tensor] | None = None
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, embedding: list[torch.Tensor] | None = None,
+    should_stop: StopCheck | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities over the whole volume, leaving the model's train/eval modes as they are.
 
@@ -69,6 +71,8 @@ def sliding_window_probabilities(
         image_norm: (D, H, W) normalised image.
         params: patch_size, strides, sw_overlap and sw_batch_size are used.
         embedding: if given, the bottleneck features averaged over space and windows are appended, (F,).
+        should_stop: polled before every batch of windows; returning True raises
+            :class:`worker.ml.cancel.Cancelled` (one volume can take many seconds on a CPU).
 
     Returns:
         (C, D, H, W) float32 probabilities on the model's device.
@@ -88,7 +92,7 @@ def sliding_window_probabilities(
     windows = list(itertools.product(*(window_starts(t, r, params.sw_overlap, align)
                                        for t, r in zip(target, roi, strict=True))))
     grid = WindowGrid(target, roi)  # type: ignore[arg-type]
-    logits = _blend_windows(model, x, windows, grid, params.sw_batch_size, embedding)
+    logits = _blend_windows(model, x, windows, grid, params.sw_batch_size, embedding, should_stop)
     probs = torch.softmax(logits, dim=0)
     crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, image_norm.shape, strict=True))
     return probs[(slice(None), *crop)].contiguous()
@@ -96,7 +100,7 @@ def sliding_window_probabilities(
 
 def _blend_windows(
     model: nn.Module, x: torch.Tensor, windows: list[tuple[int, ...]], grid: WindowGrid, batch: int,
-    embedding: list[torch.Tensor] | None,
+    embedding: list[torch.Tensor] | None, should_stop: StopCheck | None,
 ) -> torch.Tensor:
     """(C, *volume) mean logits over the windows covering each voxel."""
     dropouts = consistent_dropout_modules(model)
@@ -111,6 +115,7 @@ def _blend_windows(
         module.grid = grid
     try:
         for i in range(0, len(windows), batch):
+            check_stop(should_stop, "sliding-window inference")
             chunk = windows[i: i + batch]
             grid.offsets = [tuple(o) for o in chunk]  # type: ignore[misc]
             boxes = [tuple(slice(o, o + r) for o, r in zip(origin, grid.roi, strict=True)) for origin in chunk]
@@ -132,7 +137,8 @@ def _blend_windows(
 
 
 def predict_probabilities(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, device: str | None = None
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, device: str | None = None,
+    should_stop: StopCheck | None = None,
 ) -> torch.Tensor:
     """Eval-mode softmax probabilities of one volume by sliding-window inference.
 
@@ -141,6 +147,7 @@ def predict_probabilities(
         image_norm: (D, H, W) normalised image (see :func:`worker.ml.transforms.normalise`).
         params: patch_size (ROI), sw_overlap and sw_batch_size are used.
         device: "cpu", "cuda", ...; None picks CUDA when available.
+        should_stop: see :func:`sliding_window_probabilities`.
 
     Returns:
         (C, D, H, W) float32 probabilities on the CPU.
@@ -148,7 +155,7 @@ def predict_probabilities(
     model.to(default_device(device))
     with preserve_modes(model), torch.inference_mode():
         model.eval()
-        return sliding_window_probabilities(model, image_norm, params).cpu()
+        return sliding_window_probabilities(model, image_norm, params, should_stop=should_stop).cpu()
 
 
 def predict_labels(
@@ -212,6 +219,7 @@ def evaluate(
     modality: str,
     params: TrainParams,
     device: str | None = None,
+    should_stop: StopCheck | None = None,
 ) -> dict[str, Any]:
     """Dice of the model's predictions on labelled cases.
 
@@ -222,6 +230,7 @@ def evaluate(
         modality: "CT" or "MR", for normalisation.
         params: inference settings.
         device: see :func:`predict_probabilities`.
+        should_stop: see :func:`sliding_window_probabilities`.
 
     Returns:
         ``{"per_case": [{"per_class": [...], "mean_dice": float}, ...], "per_class": [...],
@@ -234,7 +243,7 @@ def evaluate(
     per_case: list[dict[str, Any]] = []
     num_classes = 0
     for image, label in zip(images, labels, strict=True):
-        probs = predict_probabilities(model, normalise(image, modality), params, device)
+        probs = predict_probabilities(model, normalise(image, modality), params, device, should_stop)
         num_classes = probs.shape[0]
         scores = dice_per_class(probs.argmax(dim=0).numpy(), np.asarray(label), num_classes)
         per_case.append({"per_class": scores, "mean_dice": mean_foreground_dice(scores)})

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worker.ml.cancel import StopCheck
 from worker.ml.inference import default_device, sliding_window_probabilities
 from worker.ml.network import consistent_dropout_modules, mc_dropout_mode, preserve_modes
 from worker.ml.params import TrainParams
@@ -58,10 +59,14 @@ class ScoreResult:
 
 
 class Strategy(Protocol):
-    """A scoring strategy: maps a model and one normalised volume to a :class:`ScoreResult`."""
+    """A scoring strategy: maps a model and one normalised volume to a :class:`ScoreResult`.
+
+    ``should_stop`` is passed on to every sliding-window pass (see :func:`mc_dropout_statistics`).
+    """
 
     def __call__(
-        self, model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+        self, model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str,
+        should_stop: StopCheck | None = None,
     ) -> ScoreResult: ...
 
 
@@ -98,6 +103,7 @@ def score_case(
     case_key: int,
     device: str | None = None,
     with_prediction: bool = True,
+    should_stop: StopCheck | None = None,
 ) -> ScoreResult:
     """Score one unlabelled case, with the model's prediction and embedding from one deterministic pass.
 
@@ -109,17 +115,20 @@ def score_case(
         case_key: stable integer identifying the case; only "random" uses it.
         device: "cpu", "cuda", ...; None picks CUDA when available.
         with_prediction: run the deterministic pass for ``prediction`` and ``embedding``.
+        should_stop: polled before every batch of sliding windows (of every MC pass and of the
+            prediction); returning True raises :class:`worker.ml.cancel.Cancelled`. One case can take
+            tens of seconds, far longer than an admin should wait for a cancel to act.
     """
     func = get_strategy(strategy)
     params.validate()
     dev = default_device(device)
-    result = func(model, image_norm, params, case_key=case_key, device=dev)
+    result = func(model, image_norm, params, case_key=case_key, device=dev, should_stop=should_stop)
     if with_prediction:
         embedding: list[torch.Tensor] = []
         model.to(dev)
         with preserve_modes(model), torch.inference_mode():
             model.eval()
-            probs = sliding_window_probabilities(model, image_norm, params, embedding)
+            probs = sliding_window_probabilities(model, image_norm, params, embedding, should_stop)
         result.prediction = probs.argmax(dim=0).cpu().numpy().astype(np.uint8)
         result.embedding = embedding[0].cpu().numpy().astype(np.float32)
     return result
@@ -192,7 +201,7 @@ class MCStatistics:
 
 
 def mc_dropout_statistics(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, device: str
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, device: str, should_stop: StopCheck | None = None
 ) -> MCStatistics:
     """Run T = ``params.mc_passes`` MC-dropout passes and accumulate their statistics.
 
@@ -207,6 +216,7 @@ def mc_dropout_statistics(
         image_norm: (D, H, W) normalised image.
         params: mc_passes, seed and sliding-window settings.
         device: device to run and accumulate on.
+        should_stop: polled before every batch of windows of every pass (see :func:`score_case`).
     """
     dropouts = consistent_dropout_modules(model)
     if not any(m.p > 0 for m in dropouts):
@@ -222,7 +232,7 @@ def mc_dropout_statistics(
             for _ in range(params.mc_passes):
                 for module in dropouts:
                     module.resample()
-                probs = sliding_window_probabilities(model, image_norm, params)
+                probs = sliding_window_probabilities(model, image_norm, params, should_stop=should_stop)
                 moments.update(probs)
                 entropy = _entropy(probs.double())
                 entropy_sum = entropy if entropy_sum is None else entropy_sum + entropy
@@ -299,26 +309,29 @@ def structure_uncertainties(stats: MCStatistics) -> list[float]:
 
 @register_strategy("mc_dropout_variance")
 def _mc_dropout_variance(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str,
+    should_stop: StopCheck | None = None,
 ) -> ScoreResult:
     """Rahimi et al.: per-voxel class-probability variance over T passes, mean over classes, summed."""
-    return _variance_result(mc_dropout_statistics(model, image_norm, params, device), fg_normalised=False)
+    return _variance_result(mc_dropout_statistics(model, image_norm, params, device, should_stop), fg_normalised=False)
 
 
 @register_strategy("mc_dropout_variance_fg")
 def _mc_dropout_variance_fg(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str,
+    should_stop: StopCheck | None = None,
 ) -> ScoreResult:
     """Ranked by the foreground-class variance over predicted-foreground voxels (see foreground_variance)."""
-    return _variance_result(mc_dropout_statistics(model, image_norm, params, device), fg_normalised=True)
+    return _variance_result(mc_dropout_statistics(model, image_norm, params, device, should_stop), fg_normalised=True)
 
 
 @register_strategy("entropy")
 def _entropy_strategy(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str,
+    should_stop: StopCheck | None = None,
 ) -> ScoreResult:
     """Predictive entropy of the mean probability over T passes, summed over the volume."""
-    stats = mc_dropout_statistics(model, image_norm, params, device)
+    stats = mc_dropout_statistics(model, image_norm, params, device, should_stop)
     entropy = _entropy(stats.moments.mean)
     return ScoreResult(
         score=float(entropy.sum()), extras={"entropy_mean": float(entropy.mean())}, voxel_map=_to_map(entropy)
@@ -327,10 +340,11 @@ def _entropy_strategy(
 
 @register_strategy("bald")
 def _bald(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str,
+    should_stop: StopCheck | None = None,
 ) -> ScoreResult:
     """BALD mutual information: entropy of the mean minus mean per-pass entropy, summed over the volume."""
-    stats = mc_dropout_statistics(model, image_norm, params, device)
+    stats = mc_dropout_statistics(model, image_norm, params, device, should_stop)
     predictive = _entropy(stats.moments.mean)
     # Non-negative by Jensen; clamp away float round-off.
     mutual_info = (predictive - stats.entropy_sum / stats.passes).clamp_min(0.0)
@@ -340,7 +354,8 @@ def _bald(
 
 @register_strategy("random")
 def _random(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str,
+    should_stop: StopCheck | None = None,
 ) -> ScoreResult:
     """Uniform [0, 1) score seeded by (seed, case_key): a baseline that needs no model pass."""
     if case_key < 0:
@@ -350,11 +365,12 @@ def _random(
 
 @register_strategy("stratified_power")
 def _stratified_power(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str,
+    should_stop: StopCheck | None = None,
 ) -> ScoreResult:
     """Per-structure MC-dropout uncertainty; the ranking fills batches round-robin across structures by
     power (Gumbel) sampling (see :func:`rank_cases`). The score shown is the mean over structures."""
-    stats = mc_dropout_statistics(model, image_norm, params, device)
+    stats = mc_dropout_statistics(model, image_norm, params, device, should_stop)
     per_structure = structure_uncertainties(stats)
     extras = {f"structure_{c}": u for c, u in enumerate(per_structure, start=1)}
     voxel_var = stats.moments.variance[1:].mean(dim=0)
@@ -363,11 +379,12 @@ def _stratified_power(
 
 @register_strategy("coreset")
 def _coreset(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, *, case_key: int, device: str,
+    should_stop: StopCheck | None = None,
 ) -> ScoreResult:
     """Foreground MC-dropout variance; the ranking spreads the most uncertain cases by k-center greedy
     selection over bottleneck embeddings (see :func:`rank_cases`)."""
-    return _variance_result(mc_dropout_statistics(model, image_norm, params, device), fg_normalised=True)
+    return _variance_result(mc_dropout_statistics(model, image_norm, params, device, should_stop), fg_normalised=True)
 
 
 # --- from scores to an annotation order ----------------------------------------------------------

@@ -13,6 +13,7 @@ from monai.losses import DiceCELoss
 from monai.utils import set_determinism
 from torch import nn
 
+from worker.ml.cancel import Cancelled, StopCheck
 from worker.ml.inference import default_device
 from worker.ml.network import DEFAULT_NORM, NormSpec, build_unet
 from worker.ml.params import TrainParams
@@ -23,7 +24,7 @@ __all__ = ["TrainResult", "TrainingCancelled", "train_model"]
 logger = logging.getLogger(__name__)
 
 
-class TrainingCancelled(Exception):
+class TrainingCancelled(Cancelled):
     """Raised by :func:`train_model` when its ``should_stop`` callback returns True."""
 
 
@@ -84,7 +85,8 @@ def train_model(
         params: hyperparameters; validated first.
         init_state: weights to start from (e.g. the previous model version) instead of a fresh init.
         progress: called as ``progress(step, mean_loss)`` every ``LOG_EVERY`` steps and at the end.
-        should_stop: polled before every optimiser step; returning True raises :class:`TrainingCancelled`.
+        should_stop: polled before every optimiser step and every validation window; returning True raises
+            :class:`TrainingCancelled`.
         device: "cpu", "cuda", ...; None picks CUDA when available.
         norm: normalisation layer spec passed to :func:`build_unet`.
         val_images: raw validation images, for checkpoint selection.
@@ -108,7 +110,7 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(params.lr_schedule, steps))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     augment = make_augmentation(params) if params.augment else None
-    keeper = _BestKeeper(model, val_images, val_labels, modality, params, dev)
+    keeper = _BestKeeper(model, val_images, val_labels, modality, params, dev, should_stop)
 
     losses: list[float] = []
     window: list[float] = []
@@ -124,7 +126,10 @@ def train_model(
             if progress is not None:
                 progress(step, losses[-1])
         if step == steps or (params.val_every and step % params.val_every == 0):
-            keeper.check(step)
+            try:
+                keeper.check(step)
+            except Cancelled as exc:
+                raise TrainingCancelled(f"training cancelled during the validation at step {step} of {steps}") from exc
 
     seconds = time.perf_counter() - start
     logger.info("trained %d step(s) on %d case(s) in %.1f s; kept step %d", steps, len(norm_images), seconds,
@@ -148,9 +153,11 @@ class _BestKeeper:
     """Keeps the weights with the best validation Dice (or the last weights without validation cases)."""
 
     def __init__(self, model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], modality: str,
-                 params: TrainParams, device: torch.device) -> None:
+                 params: TrainParams, device: torch.device, should_stop: StopCheck | None = None) -> None:
         self.model, self.images, self.labels = model, list(images), list(labels)
         self.modality, self.params, self.device = modality, params, str(device)
+        # A validation pass over full volumes can take longer than the bound on acting on a cancel.
+        self.should_stop = should_stop
         self.best_dice = -1.0
         self.best_step = 0
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -162,8 +169,8 @@ class _BestKeeper:
             return
         from worker.ml.inference import evaluate
 
-        dice = float(evaluate(self.model, self.images, self.labels, self.modality, self.params,
-                              self.device)["mean_dice"])
+        dice = float(evaluate(self.model, self.images, self.labels, self.modality, self.params, self.device,
+                              self.should_stop)["mean_dice"])
         self.model.train()
         self.history.append((step, round(dice, 5)))
         if dice > self.best_dice:

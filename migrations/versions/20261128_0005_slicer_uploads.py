@@ -1,0 +1,42 @@
+"""Slicer uploads: the project setting that lets annotators add cases, and per-user image aliases.
+
+Revision ID: 0005_slicer_uploads
+Revises: 0004
+Create Date: 2026-11-28
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005_slicer_uploads"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("projects") as batch:
+        batch.add_column(sa.Column("annotators_can_upload_cases", sa.Boolean(), nullable=False,
+                                   server_default=sa.false()))
+    op.create_table(
+        "image_aliases",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("project_id", sa.Integer(),
+                  sa.ForeignKey("projects.id", name="fk_image_aliases_project_id_projects"), nullable=False),
+        sa.Column("user_id", sa.Integer(), sa.ForeignKey("users.id", name="fk_image_aliases_user_id_users"),
+                  nullable=False),
+        sa.Column("alias_hash", sa.String(64), nullable=False),
+        sa.Column("case_id", sa.Integer(), sa.ForeignKey("cases.id", name="fk_image_aliases_case_id_cases"),
+                  nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_image_aliases"),
+        sa.UniqueConstraint("project_id", "user_id", "alias_hash", name="uq_image_aliases_project_user_alias"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("image_aliases")
+    with op.batch_alter_table("projects") as batch:
+        batch.drop_column("annotators_can_upload_cases")
