@@ -1,7 +1,7 @@
 """Slicer uploads: the project setting that lets annotators add cases, and per-user image aliases.
 
-Revision ID: 0005_slicer_uploads
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-28
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_slicer_uploads"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
