@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tests.ml.synthetic import cube_case, tiny_params
+from worker.ml import train
 from worker.ml.inference import dice_per_class, evaluate, predict_labels
 from worker.ml.network import build_unet
 from worker.ml.params import TrainParams
@@ -30,7 +31,8 @@ def test_same_seed_same_losses_and_weights() -> None:
 
 
 @pytest.mark.slow
-def test_learns_bright_cube() -> None:
+def test_learns_bright_cube(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "PROGRESS_EVERY_S", float("inf"))  # only the logging intervals
     params = tiny_params(steps=150, learning_rate=3e-3)
     reported: list[tuple[int, float]] = []
     result = _train(params, progress=lambda step, loss: reported.append((step, loss)))
@@ -42,6 +44,13 @@ def test_learns_bright_cube() -> None:
     image, label = cube_case(2)
     pred = predict_labels(model, normalise(image, "CT"), params, device="cpu")
     assert dice_per_class(pred, label, 2)[1] > 0.5  # type: ignore[operator]
+
+
+def test_progress_is_reported_between_intervals_when_steps_are_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "PROGRESS_EVERY_S", 0.0)  # as if every step took longer than the bound
+    reported: list[int] = []
+    _train(tiny_params(), progress=lambda step, loss: reported.append(step))
+    assert reported == [1, 2, 3, 4]
 
 
 def test_should_stop_cancels() -> None:

@@ -51,6 +51,9 @@ class TrainResult:
 
 
 LOG_EVERY = 50
+# Progress is also reported between logging intervals once this many seconds passed: on a CPU, 50 steps
+# can take minutes, and a progress bar stuck at 0 reads as a hang.
+PROGRESS_EVERY_S = 5.0
 
 
 def train_model(
@@ -84,7 +87,8 @@ def train_model(
         modality: "CT" or "MR".
         params: hyperparameters; validated first.
         init_state: weights to start from (e.g. the previous model version) instead of a fresh init.
-        progress: called as ``progress(step, mean_loss)`` every ``LOG_EVERY`` steps and at the end.
+        progress: called as ``progress(step, mean_loss)`` every ``LOG_EVERY`` steps, at the end, and in
+            between once ``PROGRESS_EVERY_S`` seconds have passed (mean loss of the steps so far in the interval).
         should_stop: polled before every optimiser step and every validation window; returning True raises
             :class:`TrainingCancelled`.
         device: "cpu", "cuda", ...; None picks CUDA when available.
@@ -114,6 +118,7 @@ def train_model(
 
     losses: list[float] = []
     window: list[float] = []
+    reported = time.monotonic()
     for step in range(1, steps + 1):
         if should_stop is not None and should_stop():
             raise TrainingCancelled(f"training cancelled at step {step} of {steps}")
@@ -125,6 +130,10 @@ def train_model(
             window = []
             if progress is not None:
                 progress(step, losses[-1])
+                reported = time.monotonic()
+        elif progress is not None and time.monotonic() - reported >= PROGRESS_EVERY_S:
+            progress(step, float(np.mean(window)))
+            reported = time.monotonic()
         if step == steps or (params.val_every and step % params.val_every == 0):
             try:
                 keeper.check(step)
