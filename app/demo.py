@@ -21,7 +21,7 @@ from app.models import Case, Project, User
 from app.phantom import write_dataset
 
 DEMO_PROJECT = "demo-thorax"
-DEMO_DURATION = "about 5 minutes on two idle CPU cores (measured), longer on a busy machine"
+DEMO_DURATION = "about a minute on two CPU cores (41 s measured), longer on a busy machine"
 # Small enough for a first cycle on a laptop CPU; the time is measured by tests/test_demo.py's run.
 # No augmentation: the patch is the whole phantom, and augmenting it cost more than half of the training time.
 DEMO_CYCLE = CycleCreate(epochs=20, augment=False, learning_rate=0.003, batch_size=2, patch_size=[32, 64, 64],
