@@ -240,7 +240,7 @@ def test_token_less_image_download_does_not_extend_the_lease(client: Any, admin:
     project = create_project(client, admin.headers)
     assert upload_case(client, admin.headers, project["id"], encode(volume())).status_code == 201
     base = f"/monailabel/{project['id']}"
-    sample = client.post(f"{base}/activelearning/random", headers=annotator.headers).json()
+    sample = client.post(f"{base}/activelearning/nextcase", headers=annotator.headers).json()
 
     def expiry() -> Any:
         with db.session_scope() as session:
