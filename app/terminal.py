@@ -56,7 +56,8 @@ def progress_line(cycle_id: int, view: CycleView) -> str:
     elif view.phase == "score" and p.get("total"):
         detail = f"scoring case {p.get('scored', 0)}/{p['total']} (MC dropout)"
     elif view.phase:
-        detail = {"evaluate": "measuring validation Dice", "publish": "publishing the ranking"}.get(
+        detail = {"train": "loading the labelled cases", "evaluate": "measuring validation Dice",
+                  "publish": "publishing the ranking"}.get(
             view.phase, view.phase)
     else:
         detail = "waiting for the worker"

@@ -191,7 +191,7 @@ def test_logs_are_json_for_machines_and_one_readable_line_on_a_terminal(monkeypa
     assert Settings().json_logs is True
     assert Settings(log_json=False).json_logs is False
     record = logging.makeLogRecord({"name": "nextcase.http", "levelname": "INFO", "levelno": 20, "msg": "request",
-                                    "method": "POST", "status": 201, "user_id": None})
+                                    "method": "POST", "status": 201, "user_id": None, "data": {"args": [1]}})
     line = HumanFormatter().format(record)
     assert line.endswith("INFO  nextcase.http request method=POST status=201") and "{" not in line
 

@@ -69,7 +69,9 @@ class HumanFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and v is not None)
+        # Structured payloads (Celery's task message dicts) make lines unreadable: they stay in the JSON logs.
+        extras = " ".join(f"{k}={v}" for k, v in vars(record).items()
+                          if k not in _STANDARD and v is not None and not isinstance(v, dict | list | tuple))
         return f"{line} {extras}" if extras else line
 
 
