@@ -16,7 +16,7 @@ import httpx
 
 from app.core import db
 from app.demo import Demo, instructions
-from app.models import Cycle
+from app.models import Cycle, utcnow
 
 EVERY_S = 20.0
 POLL_S = 2.0
@@ -37,15 +37,9 @@ def read_cycle(cycle_id: int) -> CycleView:
         cycle = session.get(Cycle, cycle_id)
         assert cycle is not None
         started = cycle.started_at or cycle.created_at
-        end = cycle.finished_at or _now()
+        end = cycle.finished_at or utcnow()
         return CycleView(cycle.status, cycle.phase, dict(cycle.progress or {}), dict(cycle.metrics or {}),
                          cycle.error, (end - started).total_seconds())
-
-
-def _now() -> Any:
-    from app.models import utcnow
-
-    return utcnow()
 
 
 def progress_line(cycle_id: int, view: CycleView) -> str:
