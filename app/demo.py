@@ -24,8 +24,8 @@ DEMO_PROJECT = "demo-thorax"
 DEMO_DURATION = "about 5 minutes on two idle CPU cores (measured), longer on a busy machine"
 # Small enough for a first cycle on a laptop CPU; the time is measured by tests/test_demo.py's run.
 # No augmentation: the patch is the whole phantom, and augmenting it cost more than half of the training time.
-DEMO_CYCLE = CycleCreate(epochs=20, augment=False, learning_rate=0.003, batch_size=2, patch_size=[32, 64, 64], mc_passes=5,
-                         channels=[8, 16, 32], strides=[2, 2], samples_per_volume=2, seed=0)
+DEMO_CYCLE = CycleCreate(epochs=20, augment=False, learning_rate=0.003, batch_size=2, patch_size=[32, 64, 64],
+                         mc_passes=5, channels=[8, 16, 32], strides=[2, 2], samples_per_volume=2, seed=0)
 
 
 @dataclass(frozen=True)

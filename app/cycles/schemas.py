@@ -38,7 +38,8 @@ class CycleCreate(BaseModel):
 
 METRICS_MEANING = (
     "Dice overlap between the model's label map and the reference mask, averaged over the split's cases "
-    "(a case where a structure is in neither mask is left out for it): 1 = identical, 0 = no overlap. per_class lists every label including the background (index 0, near "
+    "(a case where a structure is in neither mask is left out for it): 1 = identical, 0 = no overlap. "
+    "per_class lists every label including the background (index 0, near "
     "1 whenever most voxels are background); mean_dice is the mean over the structures only, background "
     "excluded. Top level: the validation split (validation_cases cases); test: the same on the test split. "
     "A structure at 0 was not found by the model yet (too few labels or steps). kept_step: the training step "
