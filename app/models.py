@@ -7,6 +7,7 @@ match them (a test compares the two).
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -39,6 +40,10 @@ NAMING_CONVENTION = {
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -94,6 +99,11 @@ class Project(Base):
         ForeignKey("rankings.id", use_alter=True, name="fk_projects_current_ranking_id_rankings"),
         default=None,
     )
+    # The random control arm: the probability that a claim is served from a seeded random order instead of
+    # the ranking, the seed of that draw, and the number of claims so far (claim n draws from (seed, n)).
+    control_fraction: Mapped[float] = mapped_column(Float, default=0.1)
+    control_seed: Mapped[int] = mapped_column(Integer, default=random_seed)
+    claim_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Patient(Base):
@@ -197,6 +207,13 @@ class Lease(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     end_reason: Mapped[str | None] = mapped_column(String(16), default=None)
     skip_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # How the claim was served (pinned | ranked | control | cold_start | unranked | skipped; None before
+    # telemetry), its number in the project's claim sequence, and the model prediction the annotator starts
+    # from: fixed at claim time, so the effort record compares the mask with exactly what was served.
+    arm: Mapped[str | None] = mapped_column(String(16), default=None)
+    claim_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    model_version_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    prediction_key: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 ACTIVE_CYCLE_STATES = ("queued", "running")
@@ -261,3 +278,4 @@ class CaseScore(Base):
     extras: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prediction_key: Mapped[str | None] = mapped_column(String(200), default=None)
     uncertainty_key: Mapped[str | None] = mapped_column(String(200), default=None)
+

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # A running cycle whose worker has not written its heartbeat for this long is failed (the worker
     # died: the broker would only redeliver after the visibility timeout, wedging the project).
     cycle_heartbeat_timeout_s: float = Field(default=600, gt=0)
+    # The control arm of a new project: the probability that a claim is served from a seeded random order
+    # instead of the ranking (admins change it per project with PATCH /projects/{id}; 0 turns it off).
+    control_fraction: float = Field(default=0.1, ge=0, le=1)
     log_level: str = "INFO"
     log_json: bool | None = None  # None: human-readable lines on a terminal, JSON lines otherwise
     host: str = "127.0.0.1"

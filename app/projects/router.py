@@ -7,7 +7,7 @@ from app.auth.deps import AdminDep, SessionDep, UserDep
 from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, Offset
 from app.projects import service
-from app.projects.schemas import ProjectCreate, ProjectPublic
+from app.projects.schemas import ProjectCreate, ProjectPatch, ProjectPublic
 
 router = APIRouter(prefix="/api/v1", tags=["projects"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409))
@@ -15,7 +15,8 @@ router = APIRouter(prefix="/api/v1", tags=["projects"],
 
 @router.post("/projects", response_model=ProjectPublic, status_code=201)
 def create_project(body: ProjectCreate, session: SessionDep, admin: AdminDep) -> ProjectPublic:
-    project = service.create_project(session, body.name, body.modality, body.labels)
+    project = service.create_project(session, body.name, body.modality, body.labels,
+                                     control_fraction=body.control_fraction, control_seed=body.control_seed)
     audit.record(session, "project.create", user_id=admin.id, project_id=project.id, name=project.name)
     return ProjectPublic.model_validate(project)
 
@@ -28,6 +29,13 @@ def list_projects(session: SessionDep, _: UserDep) -> list[ProjectPublic]:
 @router.get("/projects/{project_id}", response_model=ProjectPublic)
 def get_project(project_id: Id, session: SessionDep, _: UserDep) -> ProjectPublic:
     return ProjectPublic.model_validate(service.get_project(session, project_id))
+
+
+@router.patch("/projects/{project_id}", response_model=ProjectPublic)
+def patch_project(project_id: Id, body: ProjectPatch, session: SessionDep, admin: AdminDep) -> ProjectPublic:
+    project = service.update_control(session, project_id, admin, fraction=body.control_fraction,
+                                     seed=body.control_seed)
+    return ProjectPublic.model_validate(project)
 
 
 @router.get("/projects/{project_id}/audit")

@@ -5,11 +5,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+CONTROL_FRACTION = ("probability that a claim is served from a seeded random order of the open cases instead of "
+                    "the ranking (the control arm of the campaign report); 0 turns the control arm off")
+CONTROL_SEED = "seed of the control draws: claim n of the project is drawn from (seed, n), so a campaign replays"
+
 
 class ProjectCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     modality: Literal["CT", "MR"]
     labels: list[str] = Field(min_length=2, max_length=255)
+    control_fraction: float | None = Field(None, ge=0, le=1, description=CONTROL_FRACTION + "; default "
+                                           "NEXTCASE_CONTROL_FRACTION (0.1)")
+    control_seed: int | None = Field(None, ge=0, le=2**31 - 1, description=CONTROL_SEED + "; default random")
 
     @field_validator("labels")
     @classmethod
@@ -31,3 +38,13 @@ class ProjectPublic(BaseModel):
     labels: list[str]
     created_at: dt.datetime
     current_ranking_id: int | None
+    control_fraction: float = Field(description=CONTROL_FRACTION)
+    control_seed: int = Field(description=CONTROL_SEED)
+
+
+class ProjectPatch(BaseModel):
+    """Project settings an admin may change while the campaign runs."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt or read-only field is a 422, not silently ignored
+    control_fraction: float | None = Field(None, ge=0, le=1, description=CONTROL_FRACTION)
+    control_seed: int | None = Field(None, ge=0, le=2**31 - 1, description=CONTROL_SEED)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import datetime as dt
 import random
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.campaign import draw
 from app.core.config import get_settings
 from app.core.errors import Conflict, Forbidden, InvalidRequest, LeaseExpired, NotFound
 from app.models import Case, Lease, Project, Ranking, RankingEntry, User, utcnow
+from app.projects import service as projects
 from app.queue import repository as repo
 
 
@@ -99,22 +102,57 @@ def _current_ranking(session: Session, project: Project) -> Ranking:
 
 
 def claim_next(session: Session, project: Project, user: User) -> Claim | None:
+    """Lease the next case; the claim's number in the project's sequence decides whether it is a control claim.
+
+    The project row is locked first, so claim numbers are handed out one at a time and without gaps (a
+    claim that finds nothing gives its number back); case rows are locked after it, as before.
+    """
+    project = projects.lock_project(session, project.id)
     ranking = _current_ranking(session, project)
     now = utcnow()
-    picked = repo.pick_next(session, project.id, ranking.id, now, repo.skipped_by(session, project.id, user.id))
+    number = project.claim_count + 1
+    picked = repo.pick_next(session, project.id, ranking.id, now, repo.skipped_by(session, project.id, user.id),
+                            control=_control_draw(project, ranking, number))
     if picked is None:
         return None
-    case, entry = picked
+    project.claim_count = number
+    case, entry = picked.case, picked.entry
     _end_stale_lease(session, case, now)
     lease = Lease(
         token=secrets.token_urlsafe(24), case_id=case.id, user_id=user.id,
         ranking_id=ranking.id, created_at=now, expires_at=now + lease_duration(),
+        arm=_arm(picked.tier, ranking), claim_seq=number, **_served_prediction(session, ranking, case.id),
     )
     session.add(lease)
     session.flush()
     case.lease_id, case.lease_expires_at = lease.id, lease.expires_at
     audit.record(session, "lease.claim", user_id=user.id, project_id=project.id, case_id=case.id, lease_id=lease.id)
     return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking)
+
+
+def _control_draw(project: Project, ranking: Ranking, number: int) -> Callable[[int], int] | None:
+    """The control tier's position function for this claim, or None when the claim follows the ranking.
+
+    A cold-start ranking is already a seeded random order with no model behind it: nothing to control for.
+    """
+    if ranking.kind == "cold_start" or not draw.is_control(project.control_seed, number, project.control_fraction):
+        return None
+    seed = project.control_seed
+    return lambda open_cases: draw.control_position(seed, number, open_cases)
+
+
+def _arm(tier: str, ranking: Ranking) -> str:
+    if tier == "ranked" and ranking.kind == "cold_start":
+        return "cold_start"
+    return tier
+
+
+def _served_prediction(session: Session, ranking: Ranking, case_id: int) -> dict[str, Any]:
+    """The model version in service and the label map of this case it predicted (None before any model)."""
+    if ranking.model_version_id is None:
+        return {"model_version_id": None, "prediction_key": None}
+    return {"model_version_id": ranking.model_version_id,
+            "prediction_key": repo.prediction_key(session, ranking.model_version_id, case_id)}
 
 
 def _end_stale_lease(session: Session, case: Case, now: dt.datetime) -> None:
