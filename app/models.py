@@ -279,3 +279,37 @@ class CaseScore(Base):
     prediction_key: Mapped[str | None] = mapped_column(String(200), default=None)
     uncertainty_key: Mapped[str | None] = mapped_column(String(200), default=None)
 
+
+EFFORT_STATES = ("pending", "done", "no_prediction", "failed")
+
+
+class LabelEffort(Base):
+    """What one label version cost and how far it is from the prediction its author started from.
+
+    Written with the label version: ``pending`` when there is a prediction to compare (the comparison runs
+    after the upload's response, see app.campaign.service), else ``no_prediction`` with the reason in ``note``.
+    Dice and voxel counts are keyed by class name; Dice is null for a class absent from both masks.
+    """
+
+    __tablename__ = "label_efforts"
+    __table_args__ = (Index("ix_label_efforts_project_status", "project_id", "status"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label_version_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id"), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    lease_id: Mapped[int | None] = mapped_column(ForeignKey("leases.id"), default=None)
+    arm: Mapped[str | None] = mapped_column(String(16), default=None)
+    model_version_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    prediction_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    status: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(String(300), default=None)
+    # Claim to upload of the lease (renewals included); null without a lease of the author.
+    working_s: Mapped[float | None] = mapped_column(Float, default=None)
+    dice: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    predicted_voxels: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    label_voxels: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    voxels_changed: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    voxels_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    computed_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -203,10 +203,13 @@ def _close(lease: Lease, case: Case, now: dt.datetime, reason: str) -> None:
     case.lease_id, case.lease_expires_at = None, None
 
 
-def check_and_end_lease(session: Session, case: Case, user: User) -> None:
-    """Called under the case row lock when a label is uploaded: refuse a foreign live lease, end any lease."""
+def check_and_end_lease(session: Session, case: Case, user: User) -> Lease | None:
+    """Called under the case row lock when a label is uploaded: refuse a foreign live lease, end any lease.
+
+    Returns the live lease this upload completed (ended as "labelled"), or None.
+    """
     if case.lease_id is None:
-        return
+        return None
     now = utcnow()
     lease = session.get(Lease, case.lease_id)
     assert lease is not None
@@ -218,8 +221,9 @@ def check_and_end_lease(session: Session, case: Case, user: User) -> None:
             f"{lease.expires_at.isoformat()}", field="case_id")
     if lease.ended_at is None:
         _close(lease, case, now if live else min(now, lease.expires_at), "labelled" if live else "expired")
-    else:
-        case.lease_id, case.lease_expires_at = None, None
+        return lease if live else None
+    case.lease_id, case.lease_expires_at = None, None
+    return None
 
 
 def live_leases(session: Session, project_id: int, user_id: int) -> list[tuple[Lease, Case]]:
