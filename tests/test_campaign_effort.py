@@ -10,9 +10,11 @@ import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from starlette.background import BackgroundTasks
 
 from app.campaign import service as campaign
 from app.core import db
+from app.core.config import get_settings
 from app.core.storage import BlobStore
 from app.models import CaseScore, Cycle, LabelEffort, Lease, ModelVersion
 from app.queue.service import publish_ranking
@@ -136,6 +138,27 @@ def test_case_the_model_did_not_score_records_no_prediction(
     upload_label(client, annotator.headers, case_id, on_case_grid(MASK))
     effort = effort_of(case_id)
     assert (effort.status, effort.note, effort.arm) == ("no_prediction", campaign.UNSCORED, "pinned")
+
+
+def test_lost_background_job_is_computed_when_the_report_is_read(
+    client: TestClient, project: dict[str, Any], annotator: Login, settings_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids, _ = bulk_cases(project["id"], 2, settings_env)
+    publish_model(project["id"], ids, settings_env, on_case_grid(PREDICTION))
+    case_id = claim(client, annotator, project["id"])["case"]["id"]
+    with monkeypatch.context() as m:  # the API process "dies" before its background job runs
+        m.setattr(BackgroundTasks, "add_task", lambda *args, **kwargs: None)
+        assert upload_label(client, annotator.headers, case_id, on_case_grid(MASK)).status_code == 201
+    assert effort_of(case_id).status == "pending"
+    report = client.get(f"/api/v1/projects/{project['id']}/campaign", headers=annotator.headers).json()
+    assert report["pending"] == 1  # younger than NEXTCASE_EFFORT_RETRY_AFTER_S: its job may still be running
+    monkeypatch.setenv("NEXTCASE_EFFORT_RETRY_AFTER_S", "0")
+    get_settings.cache_clear()
+    report = client.get(f"/api/v1/projects/{project['id']}/campaign", headers=annotator.headers).json()
+    assert report["pending"] == 0
+    effort = effort_of(case_id)
+    assert effort.status == "done" and effort.dice == pytest.approx(EXPECTED_DICE)
 
 
 def test_missing_prediction_blob_marks_the_effort_failed(

@@ -6,7 +6,7 @@ task of that request, after its transaction has committed and its response has b
 process. Not in the worker: the embedded worker consumes one queue with one process, so an effort would
 wait behind a training cycle for minutes to hours, and the report would lag by as much. The cost of the
 background task is that the API process may stop before it runs; the row then stays ``pending`` in the
-database and ``catch_up`` computes it later, so no effort is lost.
+database and reading the campaign report computes it (``catch_up``), so no effort is lost.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ import SimpleITK as sitk
 from sqlalchemy.orm import Session
 
 from app.campaign import effort as metrics
+from app.campaign import report
 from app.campaign import repository as repo
+from app.campaign.schemas import CampaignReport
 from app.cases.imaging import read_nifti
 from app.cases.service import StoredLabel
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.storage import BlobStore, get_blob_store
-from app.models import LabelEffort, LabelVersion, Lease, utcnow
+from app.models import LabelEffort, LabelVersion, Lease, Project, utcnow
 
 log = logging.getLogger("nextcase.campaign")
 
@@ -119,3 +121,10 @@ def catch_up(project_id: int, store: BlobStore | None = None) -> int:
         ids = repo.stale_pending(session, project_id, before, settings.effort_catch_up)
     return sum(compute_effort(effort_id, store) for effort_id in ids)
 
+
+def campaign_report(session: Session, project: Project) -> CampaignReport:
+    return report.build(project, repo.efforts(session, project.id))
+
+
+def campaign_csv(result: CampaignReport) -> str:
+    return report.to_csv(result)
