@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from starlette.background import BackgroundTasks
 
+from app.campaign import effort as metrics
 from app.campaign import service as campaign
 from app.core import db
 from app.core.config import get_settings
@@ -174,3 +175,30 @@ def test_missing_prediction_blob_marks_the_effort_failed(
     assert upload_label(client, annotator.headers, body["case"]["id"], on_case_grid(MASK)).status_code == 201
     effort = effort_of(body["case"]["id"])
     assert effort.status == "failed" and effort.note is not None and effort.note.startswith("FileNotFoundError")
+
+
+@pytest.mark.parametrize("num_classes", [3, 20])  # uint8 and uint16 pair codes
+def test_compare_agrees_with_the_workers_dice_in_chunks(num_classes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.ml.inference import dice_per_class
+
+    rng = np.random.default_rng(num_classes)
+    prediction = rng.integers(0, num_classes - 1, size=(5, 7, 9)).astype(np.uint8)  # last class in neither
+    mask = np.where(rng.random((5, 7, 9)) < 0.3, rng.integers(0, num_classes - 1, size=(5, 7, 9)), prediction)
+    monkeypatch.setattr(metrics, "CHUNK", 50)  # several chunks, the last one short
+    result = metrics.compare(prediction, mask.astype(np.int16), num_classes)
+    assert result.dice == pytest.approx(dice_per_class(prediction, mask, num_classes))
+    assert result.dice[-1] is None
+    assert result.predicted == [int((prediction == c).sum()) for c in range(num_classes)]
+    assert result.labelled == [int((mask == c).sum()) for c in range(num_classes)]
+    assert (result.changed, result.total) == (int((prediction != mask).sum()), 5 * 7 * 9)
+
+
+@pytest.mark.parametrize(("prediction", "mask", "message"), [
+    (np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.uint8), "shapes differ"),
+    (np.full((2, 2), 3, np.uint8), np.zeros((2, 2), np.uint8), "prediction has a class value outside 0..2"),
+    (np.zeros((2, 2), np.uint8), np.full((2, 2), -1, np.int16), "mask has a class value outside 0..2"),
+    (np.zeros((2, 2), np.float32), np.zeros((2, 2), np.uint8), "not an integer label map"),
+])
+def test_compare_refuses_what_it_cannot_count(prediction: np.ndarray, mask: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        metrics.compare(prediction, mask, 3)
