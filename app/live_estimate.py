@@ -73,7 +73,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.plot([r["labelled"] for r in mine], [r["test_dice"] for r in mine], color=color, marker="o",
                     markersize=3, label=f"test set, seed {run[0]}/{run[1]}")
             _control_points(ax, [r for r in mine if r["control_dice"] is not None], color, i)
-        ax.set_title(f"{strategy}: test Dice and live control estimate")
+        ax.set_title(f"{strategy}: test set vs control arm")
         ax.set_xlabel("labelled pool cases when the model was trained")
         ax.set_ylabel("mean foreground Dice per case")
         ax.grid(alpha=0.3)
