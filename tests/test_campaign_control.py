@@ -71,7 +71,8 @@ def test_new_project_defaults_and_patch_validation(client: TestClient, admin: Lo
         r = client.patch(url, json=body, headers=admin.headers)
         assert (r.status_code, r.headers["content-type"], r.json()["field"]) == (422, "application/problem+json", field)
     assert client.patch(url, json={"control_fraction": 0.5}, headers=annotator.headers).status_code == 403
-    assert client.get(url, headers=admin.headers).json()["control_fraction"] == 0.1  # nothing changed
+    seen = client.get(url, headers=annotator.headers).json()
+    assert seen["control_fraction"] == 0.1 and "control_seed" not in seen  # nothing changed; the seed stays hidden
     r = client.patch(url, json={"control_fraction": 0.25}, headers=admin.headers)
     assert (r.json()["control_fraction"], r.json()["control_seed"]) == (0.25, project["control_seed"])
     with db.session_scope() as session:

@@ -7,18 +7,18 @@ from app.auth.deps import AdminDep, SessionDep, UserDep
 from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, Offset
 from app.projects import service
-from app.projects.schemas import ProjectCreate, ProjectPatch, ProjectPublic
+from app.projects.schemas import ProjectCreate, ProjectPatch, ProjectPublic, ProjectSettings
 
 router = APIRouter(prefix="/api/v1", tags=["projects"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409))
 
 
-@router.post("/projects", response_model=ProjectPublic, status_code=201)
-def create_project(body: ProjectCreate, session: SessionDep, admin: AdminDep) -> ProjectPublic:
+@router.post("/projects", response_model=ProjectSettings, status_code=201)
+def create_project(body: ProjectCreate, session: SessionDep, admin: AdminDep) -> ProjectSettings:
     project = service.create_project(session, body.name, body.modality, body.labels,
                                      control_fraction=body.control_fraction, control_seed=body.control_seed)
     audit.record(session, "project.create", user_id=admin.id, project_id=project.id, name=project.name)
-    return ProjectPublic.model_validate(project)
+    return ProjectSettings.model_validate(project)
 
 
 @router.get("/projects", response_model=list[ProjectPublic])
@@ -31,11 +31,11 @@ def get_project(project_id: Id, session: SessionDep, _: UserDep) -> ProjectPubli
     return ProjectPublic.model_validate(service.get_project(session, project_id))
 
 
-@router.patch("/projects/{project_id}", response_model=ProjectPublic)
-def patch_project(project_id: Id, body: ProjectPatch, session: SessionDep, admin: AdminDep) -> ProjectPublic:
+@router.patch("/projects/{project_id}", response_model=ProjectSettings)
+def patch_project(project_id: Id, body: ProjectPatch, session: SessionDep, admin: AdminDep) -> ProjectSettings:
     project = service.update_control(session, project_id, admin, fraction=body.control_fraction,
                                      seed=body.control_seed)
-    return ProjectPublic.model_validate(project)
+    return ProjectSettings.model_validate(project)
 
 
 @router.get("/projects/{project_id}/audit")

@@ -39,6 +39,12 @@ class ProjectPublic(BaseModel):
     created_at: dt.datetime
     current_ranking_id: int | None
     control_fraction: float = Field(description=CONTROL_FRACTION)
+
+
+class ProjectSettings(ProjectPublic):
+    """What admins see when they create or change a project: with the seed, which annotators never see (with it
+    and the claim count they could tell which of their cases are controls)."""
+
     control_seed: int = Field(description=CONTROL_SEED)
 
 
