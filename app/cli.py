@@ -276,6 +276,9 @@ def simulate(
     params: Annotated[str, typer.Option(help='more cycle parameters as JSON: {"patch_size": [32, 64, 64]}')] = "{}",
     resample: Annotated[float, typer.Option(help="make the voxel grid this many times coarser (fits a CPU)")] = 1.0,
     full_pool: Annotated[bool, typer.Option(help="also train once on the whole pool (the ceiling)")] = True,
+    control_fraction: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="--engine service: fraction of the oracle's claims drawn at random (the control arm "
+                               "behind live.csv and live_estimate.png); with few labels per cycle raise it")] = 0.1,
     url: Annotated[str | None, typer.Option(help="a running NextCase server (default: start an embedded one)")] = None,
     token: Annotated[str | None, typer.Option(help="admin token for --url")] = None,
     engine: Annotated[Engine, typer.Option(help="service: through the REST API; direct: the same ML functions in "
@@ -317,10 +320,11 @@ def simulate(
 
     protocol = Protocol(initial=initial, per_cycle=per_cycle, cycles=cycles, val=val, test=test, strategies=arms,
                         seeds=seeds, train_seeds=train_seeds, params=cycle_params, resample=resample,
-                        full_pool=full_pool)
+                        full_pool=full_pool, control_fraction=control_fraction)
     results = run_simulation(dataset_dir, out, protocol, url=url, token=token, progress=console.print)
     console.print(f"{len(results)} runs; results in {out}/results.csv, {out}/per_case.csv, "
-                  f"{out}/dice_vs_labelled.png, {out}/summary.md")
+                  f"{out}/dice_vs_labelled.png, {out}/summary.md; live estimate in {out}/live.csv, "
+                  f"{out}/live_estimate.png")
 
 
 @cli.command("worker")

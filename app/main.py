@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from app.auth.middleware import AuthenticateUploadsFirst
 from app.auth.router import router as auth_router
+from app.campaign.router import router as campaign_router
 from app.cases.router import router as cases_router
 from app.core import db
 from app.core.config import get_settings
@@ -37,7 +38,8 @@ def create_app() -> FastAPI:
                          description="Decides which 3D image an annotator should label next.")
     install_handlers(app)
     keep_identifiers_out_of_library_output()
-    for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, monailabel_router):
+    for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, campaign_router,
+                   monailabel_router):
         app.include_router(router)
     _document_size_checks(app)
     app.add_middleware(AuthenticateUploadsFirst)  # inside _limit_and_log: the 401 is logged too

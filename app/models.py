@@ -7,6 +7,7 @@ match them (a test compares the two).
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -39,6 +40,10 @@ NAMING_CONVENTION = {
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -96,6 +101,11 @@ class Project(Base):
     )
     # Admins always may add cases; annotators (from Slicer, a volume opened locally) only when this is set.
     annotators_can_upload_cases: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The random control arm: the probability that a claim is served from a seeded random order instead of
+    # the ranking, the seed of that draw, and the number of claims so far (claim n draws from (seed, n)).
+    control_fraction: Mapped[float] = mapped_column(Float, default=0.1)
+    control_seed: Mapped[int] = mapped_column(Integer, default=random_seed)
+    claim_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Patient(Base):
@@ -217,6 +227,13 @@ class Lease(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     end_reason: Mapped[str | None] = mapped_column(String(16), default=None)
     skip_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # How the claim was served (pinned | ranked | control | cold_start | unranked | skipped; None before
+    # telemetry), its number in the project's claim sequence, and the model prediction the annotator starts
+    # from: fixed at claim time, so the effort record compares the mask with exactly what was served.
+    arm: Mapped[str | None] = mapped_column(String(16), default=None)
+    claim_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    model_version_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    prediction_key: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 ACTIVE_CYCLE_STATES = ("queued", "running")
@@ -281,3 +298,38 @@ class CaseScore(Base):
     extras: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prediction_key: Mapped[str | None] = mapped_column(String(200), default=None)
     uncertainty_key: Mapped[str | None] = mapped_column(String(200), default=None)
+
+
+EFFORT_STATES = ("pending", "done", "no_prediction", "failed")
+
+
+class LabelEffort(Base):
+    """What one label version cost and how far it is from the prediction its author started from.
+
+    Written with the label version: ``pending`` when there is a prediction to compare (the comparison runs
+    after the upload's response, see app.campaign.service), else ``no_prediction`` with the reason in ``note``.
+    Dice and voxel counts are keyed by class name; Dice is null for a class absent from both masks.
+    """
+
+    __tablename__ = "label_efforts"
+    __table_args__ = (Index("ix_label_efforts_project_status", "project_id", "status"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label_version_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id"), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    lease_id: Mapped[int | None] = mapped_column(ForeignKey("leases.id"), default=None)
+    arm: Mapped[str | None] = mapped_column(String(16), default=None)
+    model_version_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    prediction_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    status: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(String(300), default=None)
+    # Claim to upload of the lease (renewals included); null without a lease of the author.
+    working_s: Mapped[float | None] = mapped_column(Float, default=None)
+    dice: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    predicted_voxels: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    label_voxels: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    voxels_changed: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    voxels_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    computed_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import SimpleITK as sitk
 
+from app import live_estimate
 from app.bulk_import import read_msd
 from worker.experiment import FULL_POOL, Splits
 from worker.experiment import draw_splits as shared_splits
@@ -46,6 +47,9 @@ class Protocol:
     params: dict[str, Any] = field(default_factory=dict)
     resample: float = 1.0
     full_pool: bool = True
+    # The queue's control arm (see app.campaign): the fraction of the oracle's claims drawn at random, which
+    # gives the live estimate of live.csv. A run saved before it existed had none.
+    control_fraction: float = 0.1
 
 
 @dataclass
@@ -180,6 +184,8 @@ class RunResult:
     next_cycle: int = 0
     annotating: bool = False  # the oracle is labelling the picks of cycle next_cycle - 1
     done: bool = False
+    model_versions: list[int | None] = field(default_factory=list)  # per row: the model that cycle published
+    live: list[dict[str, Any]] = field(default_factory=list)  # app.live_estimate rows
 
 
 class Run:
@@ -195,7 +201,8 @@ class Run:
         if not state.project_id:
             project = service.ok(service.admin.post("/projects", json={
                 "name": f"sim-{tag}-{self.strategy}-seed{self.seed}-train{self.train_seed}",
-                "modality": dataset.modality, "labels": dataset.labels}))
+                "modality": dataset.modality, "labels": dataset.labels,
+                "control_fraction": protocol.control_fraction, "control_seed": 1000 * self.seed + self.train_seed}))
             state.project_id = int(project["id"])
         self.project_id = state.project_id
         self.ids: dict[str, int] = dict(state.ids)
@@ -280,6 +287,12 @@ class Run:
                         **{f"dice_{n}": case["per_class"].get(n) for n in self.labels[1:]}})
         return out
 
+    def live_rows(self) -> list[dict[str, Any]]:
+        """Control-arm estimate next to the test Dice per finished cycle, from the campaign report."""
+        from app.live_estimate import rows_for
+
+        return rows_for(self.state, self.s.ok(self.s.admin.get(f"/projects/{self.project_id}/campaign")))
+
     def score_error_correlation(self) -> float | None:
         """Spearman correlation of the published scores with each unlabelled case's true error
         (1 - mean foreground Dice of the served prediction against the oracle's mask)."""
@@ -327,12 +340,15 @@ def run_campaign(service: Service, dataset: Any, cases: list[Case], protocol: Pr
     if state.annotating:  # interrupted while labelling a batch: finish it, do not retrain
         run.annotate_next(protocol.per_cycle - len(state.claimed[-1]), labelled_one)
         state.annotating = False
+        state.live = run.live_rows()
         save()
     for index in range(state.next_cycle, last + 1):
         labelled = run.labelled_in_pool()
         cycle = run.cycle("random" if state.strategy == FULL_POOL else state.strategy)
         rho = run.score_error_correlation() if index < last and state.strategy not in ("random", FULL_POOL) else None
         state.rows.append(run.row(index, cycle, labelled, rho))
+        state.model_versions += [None] * (len(state.rows) - 1 - len(state.model_versions))  # a run saved before
+        state.model_versions.append(cycle.get("model_version_id"))
         state.per_case += run.per_case(index, cycle, labelled)
         progress(f"{name} cycle {index}: {labelled} labelled, mean test Dice {state.rows[-1]['mean_dice']}, "
                  f"{cycle['wall_time_s']} s")
@@ -343,6 +359,7 @@ def run_campaign(service: Service, dataset: Any, cases: list[Case], protocol: Pr
             save()
             run.annotate_next(protocol.per_cycle, labelled_one)
             state.annotating = False
+        state.live = run.live_rows()
         save()
     state.done = True
     save()
@@ -369,7 +386,7 @@ def simulate(dataset_dir: Path, out: Path, protocol: Protocol, *, url: str | Non
     state_path = out / "runs.json"
     state: dict[str, Any] = (json.loads(state_path.read_text()) if state_path.exists()
                              else {"protocol": asdict(protocol), "runs": []})
-    if state["protocol"] != asdict(protocol):
+    if {"control_fraction": 0.0, **state["protocol"]} != asdict(protocol):  # saved before the control arm: none
         raise ValueError(f"{out} holds results of another protocol; choose another --out")
     runs = {(r["strategy"], r["seed"], r["train_seed"]): RunResult(**r) for r in state["runs"]}
     todo = [key for key in runs_of(protocol) if not (key in runs and runs[key].done)]
@@ -379,6 +396,9 @@ def simulate(dataset_dir: Path, out: Path, protocol: Protocol, *, url: str | Non
         state_path.write_text(json.dumps(state, indent=1))
         write_csv(out / "results.csv", [row for r in runs.values() for row in r.rows])
         write_csv(out / "per_case.csv", [row for r in runs.values() for row in r.per_case])
+        live = [row for r in runs.values() for row in r.live]
+        if live:
+            live_estimate.write_csv(out / "live.csv", live)
 
     if todo:
         dataset = read_msd(dataset_dir)
@@ -392,6 +412,9 @@ def simulate(dataset_dir: Path, out: Path, protocol: Protocol, *, url: str | Non
     from app.report import write_report
 
     write_report(out)
+    live = [row for r in runs.values() for row in r.live]
+    if live:
+        live_estimate.plot(live, out / "live_estimate.png")
     return list(runs.values())
 
 

@@ -103,6 +103,9 @@ def settings_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     blob_dir = tmp_path / "blobs"
     monkeypatch.setenv("NEXTCASE_DATABASE_URL", database_url)
     monkeypatch.setenv("NEXTCASE_BLOB_DIR", str(blob_dir))
+    # New projects follow their ranking only, so tests of the ranking order are deterministic; the control-arm
+    # tests (tests/test_campaign_*.py) set control_fraction per project.
+    monkeypatch.setenv("NEXTCASE_CONTROL_FRACTION", "0")
     get_settings.cache_clear()
     db.configure()
     reset_celery()

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from app.auth.deps import AdminDep, SessionDep, UserDep
+from app.campaign import service as campaign
 from app.cases import repository as repo
 from app.cases import service
 from app.cases.imaging import UploadedFile
@@ -95,9 +96,14 @@ def upload_label(
     store: StoreDep,
     user: UserDep,
     file: Annotated[UploadFile, File(description="label mask (.nii/.nii.gz/.nrrd/.mha) on the case's grid")],
+    background: BackgroundTasks,
 ) -> LabelVersionPublic:
     data = service.decode_label(case_id, _read([file])[0])
-    lv = service.upload_label(session, store, case_id, data, user, before_save=check_and_end_lease)
+    stored = service.upload_label(session, store, case_id, data, user, before_save=check_and_end_lease)
+    if (effort_id := campaign.after_label_upload(session, stored)) is not None:
+        # Runs once this request's transaction has committed and its response is sent (see app.campaign).
+        background.add_task(campaign.compute_effort, effort_id)
+    lv = stored.version
     return LabelVersionPublic(id=lv.id, case_id=lv.case_id, version=lv.version, author=user.name,
                               sha256=lv.sha256, created_at=lv.created_at)
 

@@ -12,6 +12,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +28,7 @@ from app.core.db import session_scope
 from app.core.errors import Conflict, InvalidRequest, ModalityMismatch, NotFound, UploadTooLarge
 from app.core.secret_key import patient_key
 from app.core.storage import BlobStore, StoredBlob
-from app.models import Case, LabelVersion, Patient, Project, User, utcnow
+from app.models import Case, LabelVersion, Lease, Patient, Project, User, utcnow
 
 SPLITS = ("pool", "validation", "test")
 
@@ -162,7 +163,15 @@ def get_case(session: Session, case_id: int, *, for_update: bool = False) -> Cas
     return case
 
 
-LabelHook = Callable[[Session, Case, User], None]
+# Runs under the case row lock before the version is added; returns the lease the upload completed, if any.
+LabelHook = Callable[[Session, Case, User], Lease | None]
+
+
+@dataclass(frozen=True)
+class StoredLabel:
+    case: Case
+    version: LabelVersion
+    lease: Lease | None  # the live lease this upload completed
 
 
 def decode_label(case_id: int, upload: UploadedFile) -> bytes:
@@ -192,7 +201,7 @@ def _label_target(case_id: int, upload: UploadedFile) -> tuple[Geometry, list[st
 
 def upload_label(
     session: Session, store: BlobStore, case_id: int, data: bytes, user: User, before_save: LabelHook | None = None,
-) -> LabelVersion:
+) -> StoredLabel:
     """Store an already validated mask (see decode_label) as a new label version.
 
     ``before_save`` lets the queue refuse or end a lease in the same transaction.
@@ -200,8 +209,7 @@ def upload_label(
     blob = store.put(data, "nii.gz")
     with _blob_rolled_back_on_error(session, store, blob):
         case = get_case(session, case_id, for_update=True)  # serialise concurrent uploads of one case
-        if before_save is not None:
-            before_save(session, case, user)
+        lease = before_save(session, case, user) if before_save is not None else None
         latest = repo.latest_versions(session, [case.id]).get(case.id, 0)
         version = LabelVersion(case_id=case.id, version=latest + 1, author_id=user.id, sha256=blob.sha256,
                                blob_key=blob.key)
@@ -210,7 +218,7 @@ def upload_label(
         session.flush()
         audit.record(session, "label.upload", user_id=user.id, project_id=case.project_id, case_id=case.id,
                      version=version.version)
-        return version
+        return StoredLabel(case, version, lease)
 
 
 def set_split(session: Session, case: Case, split: str, user: User) -> Case:

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     # A running worker touches this file every few seconds; the worker container's health check
     # reads its age (worker/liveness.py). Unset: no file is written.
     worker_liveness_file: Path | None = None
+    # The control arm of a new project: the probability that a claim is served from a seeded random order
+    # instead of the ranking (admins change it per project with PATCH /projects/{id}; 0 turns it off).
+    control_fraction: float = Field(default=0.1, ge=0, le=1)
+    # A label effort still pending this long after its upload lost its background job (the API process
+    # stopped first): reading the campaign report computes up to EFFORT_CATCH_UP of them.
+    effort_retry_after_s: float = Field(default=120, ge=0)
+    effort_catch_up: int = Field(default=20, ge=0)
     log_level: str = "INFO"
     log_json: bool | None = None  # None: human-readable lines on a terminal, JSON lines otherwise
     host: str = "127.0.0.1"

@@ -18,13 +18,14 @@ from typing import Annotated, Any
 
 import numpy as np
 import SimpleITK as sitk
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
 from app.auth.deps import SessionDep, bearer_token, current_user
+from app.campaign import service as campaign
 from app.cases import service as cases
 from app.cases.imaging import UploadedFile, read_nifti
 from app.core.db import session_scope
@@ -187,8 +188,8 @@ def _check_label_info(params: dict[str, Any], project: Project) -> None:
 @route("PUT", "/datastore/label")
 def save_label(
     project_id: Id, session: SessionDep, store: StoreDep, user: UserDep,
-    label: Annotated[UploadFile, File()], image: str = Query(...), tag: str = Query(""),
-    params: Annotated[str, Form()] = "{}",
+    label: Annotated[UploadFile, File()], background: BackgroundTasks, image: str = Query(...),
+    tag: str = Query(""), params: Annotated[str, Form()] = "{}",
 ) -> dict[str, Any]:
     """Submit a label: a new NextCase label version by the holder; completes the lease."""
     if tag not in ("", "final"):
@@ -198,7 +199,10 @@ def save_label(
     project = get_project(session, project_id)
     _check_label_info(_json_object(params, "params"), project)
     case = service.case_for(session, project, service.ImageRef(case_id, None))
-    version = cases.upload_label(session, store, case.id, data, user, before_save=queue.check_and_end_lease)
+    stored = cases.upload_label(session, store, case.id, data, user, before_save=queue.check_and_end_lease)
+    if (effort_id := campaign.after_label_upload(session, stored)) is not None:
+        background.add_task(campaign.compute_effort, effort_id)  # after commit and response, as in app.cases
+    version = stored.version
     return {"image": image, "label": f"case{case.id}", "tag": "final", "version": version.version,
             "author": user.name}
 

@@ -7,18 +7,19 @@ from app.auth.deps import AdminDep, SessionDep, UserDep
 from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, Offset
 from app.projects import service
-from app.projects.schemas import ProjectCreate, ProjectPatch, ProjectPublic
+from app.projects.schemas import ProjectCreate, ProjectPatch, ProjectPublic, ProjectSettings
 
 router = APIRouter(prefix="/api/v1", tags=["projects"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409))
 
 
-@router.post("/projects", response_model=ProjectPublic, status_code=201)
-def create_project(body: ProjectCreate, session: SessionDep, admin: AdminDep) -> ProjectPublic:
+@router.post("/projects", response_model=ProjectSettings, status_code=201)
+def create_project(body: ProjectCreate, session: SessionDep, admin: AdminDep) -> ProjectSettings:
     project = service.create_project(session, body.name, body.modality, body.labels,
-                                     body.annotators_can_upload_cases)
+                                     control_fraction=body.control_fraction, control_seed=body.control_seed,
+                                     annotators_can_upload_cases=body.annotators_can_upload_cases)
     audit.record(session, "project.create", user_id=admin.id, project_id=project.id, name=project.name)
-    return ProjectPublic.model_validate(project)
+    return ProjectSettings.model_validate(project)
 
 
 @router.get("/projects", response_model=list[ProjectPublic])
@@ -31,12 +32,13 @@ def get_project(project_id: Id, session: SessionDep, _: UserDep) -> ProjectPubli
     return ProjectPublic.model_validate(service.get_project(session, project_id))
 
 
-@router.patch("/projects/{project_id}", response_model=ProjectPublic)
-def update_project(project_id: Id, body: ProjectPatch, session: SessionDep, admin: AdminDep) -> ProjectPublic:
-    project = service.get_project(session, project_id)
+@router.patch("/projects/{project_id}", response_model=ProjectSettings)
+def patch_project(project_id: Id, body: ProjectPatch, session: SessionDep, admin: AdminDep) -> ProjectSettings:
+    project = service.update_control(session, project_id, admin, fraction=body.control_fraction,
+                                     seed=body.control_seed)
     if body.annotators_can_upload_cases is not None:
         service.set_annotators_can_upload_cases(session, project, body.annotators_can_upload_cases, admin)
-    return ProjectPublic.model_validate(project)
+    return ProjectSettings.model_validate(project)
 
 
 @router.get("/projects/{project_id}/audit")

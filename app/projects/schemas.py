@@ -5,6 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+CONTROL_FRACTION = ("probability that a claim is served from a seeded random order of the open cases instead of "
+                    "the ranking (the control arm of the campaign report); 0 turns the control arm off")
+CONTROL_SEED = "seed of the control draws: claim n of the project is drawn from (seed, n), so a campaign replays"
+
 
 class ProjectCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
@@ -12,6 +16,9 @@ class ProjectCreate(BaseModel):
     labels: list[str] = Field(min_length=2, max_length=255)
     annotators_can_upload_cases: bool = Field(
         default=False, description="annotators may add cases (a volume opened locally in 3D Slicer); admins always may")
+    control_fraction: float | None = Field(None, ge=0, le=1, description=CONTROL_FRACTION + "; default "
+                                           "NEXTCASE_CONTROL_FRACTION (0.1)")
+    control_seed: int | None = Field(None, ge=0, le=2**31 - 1, description=CONTROL_SEED + "; default random")
 
     @field_validator("labels")
     @classmethod
@@ -33,11 +40,22 @@ class ProjectPublic(BaseModel):
     labels: list[str]
     created_at: dt.datetime
     current_ranking_id: int | None
+    control_fraction: float = Field(description=CONTROL_FRACTION)
     annotators_can_upload_cases: bool
 
 
-class ProjectPatch(BaseModel):
-    """Project settings an admin may change; fields left out stay as they are."""
+class ProjectSettings(ProjectPublic):
+    """What admins see when they create or change a project: with the seed, which annotators never see (with it
+    and the claim count they could tell which of their cases are controls)."""
 
+    control_seed: int = Field(description=CONTROL_SEED)
+
+
+class ProjectPatch(BaseModel):
+    """Project settings an admin may change while the campaign runs."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt or read-only field is a 422, not silently ignored
+    control_fraction: float | None = Field(None, ge=0, le=1, description=CONTROL_FRACTION)
+    control_seed: int | None = Field(None, ge=0, le=2**31 - 1, description=CONTROL_SEED)
     annotators_can_upload_cases: bool | None = Field(
         default=None, description="annotators may add cases (a volume opened locally in 3D Slicer)")

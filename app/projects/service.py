@@ -4,19 +4,45 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound
-from app.models import Project, User
+from app.models import Project, User, random_seed
 
 
 def create_project(
-    session: Session, name: str, modality: str, labels: list[str], annotators_can_upload_cases: bool = False
+    session: Session, name: str, modality: str, labels: list[str], *, control_fraction: float | None = None,
+    control_seed: int | None = None, annotators_can_upload_cases: bool = False,
 ) -> Project:
     if session.scalar(select(Project).where(Project.name == name)) is not None:
         raise Conflict(f"a project named {name!r} already exists", field="name")
-    project = Project(name=name, modality=modality, labels=labels,
+    fraction = get_settings().control_fraction if control_fraction is None else control_fraction
+    project = Project(name=name, modality=modality, labels=labels, control_fraction=fraction,
+                      control_seed=random_seed() if control_seed is None else control_seed,
                       annotators_can_upload_cases=annotators_can_upload_cases)
     session.add(project)
     session.flush()
+    return project
+
+
+def update_control(
+    session: Session, project_id: int, user: User, *, fraction: float | None, seed: int | None
+) -> Project:
+    """Change the control arm; claims already served keep the arm they were served from."""
+    project = lock_project(session, project_id)
+    changes = {name: value for name, value in (("control_fraction", fraction), ("control_seed", seed))
+               if value is not None and getattr(project, name) != value}
+    for name, value in changes.items():
+        setattr(project, name, value)
+    if changes:
+        audit.record(session, "project.control", user_id=user.id, project_id=project.id, changes=changes)
+    return project
+
+
+def lock_project(session: Session, project_id: int) -> Project:
+    """The project under a row lock: a settings change waits for claims in flight, and they for it."""
+    project = session.get(Project, project_id, with_for_update={"key_share": True}, populate_existing=True)
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist", field="project_id")
     return project
 
 

@@ -11,12 +11,19 @@ case is never handed out twice:
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from sqlalchemy import ScalarSelect, Select, Subquery, and_, case, false, func, literal, or_, select, true
 from sqlalchemy.orm import Session
 
-from app.models import Case, Lease, Project, Ranking, RankingEntry, User
+from app.models import Case, CaseScore, Lease, ModelVersion, Project, Ranking, RankingEntry, User
+
+
+class Picked(NamedTuple):
+    case: Case
+    entry: RankingEntry | None
+    tier: str  # pinned | control | ranked | unranked | skipped
 
 
 def current_ranking_id_subquery(project_id: int) -> ScalarSelect[int | None]:
@@ -51,35 +58,43 @@ def _lock_first(session: Session, stmt: Select[Case, RankingEntry]) -> tuple[Cas
 
 
 def pick_next(
-    session: Session, project_id: int, ranking_id: int | None, now: dt.datetime, user_id: int
-) -> tuple[Case, RankingEntry | None] | None:
+    session: Session, project_id: int, ranking_id: int | None, now: dt.datetime, user_id: int,
+    control: Callable[[int], int] | None = None,
+) -> Picked | None:
     """Lock the first open case in queue order: pinned, ranked, unranked, then this annotator's skips.
 
     One small query per tier instead of one sort over the whole project: the ranked tier walks
-    ``ix_ranking_entries_ranking_rank`` and stops at the first open case. Skipped cases come back
-    least recently skipped first: in rank order, skipping the top one when every case was skipped
-    handed that same case straight back, so the annotator could never get past it.
+    ``ix_ranking_entries_ranking_rank`` and stops at the first open case. With ``control`` (open case
+    count -> position of the control case), a control tier replaces the ranking right after the pinned tier.
+    Skipped cases come back least recently skipped first: in rank order, skipping the top one when every
+    case was skipped handed that same case straight back, so the annotator could never get past it.
     """
     skipped = skipped_by(session, project_id, user_id)
     entry = and_(RankingEntry.case_id == Case.id, RankingEntry.ranking_id == ranking_id)
     with_entry = select(Case, RankingEntry).outerjoin(RankingEntry, entry).where(*open_case_filter(project_id, now))
     fresh = [Case.id.not_in(skipped)] if skipped else []
-    tiers = [
-        with_entry.where(Case.pinned == true(), *fresh)
-        .order_by(RankingEntry.rank.is_(None), RankingEntry.rank, Case.id),
-        select(Case, RankingEntry).join(RankingEntry, entry)
-        .where(*open_case_filter(project_id, now), *fresh).order_by(RankingEntry.rank),
-        with_entry.where(*fresh, RankingEntry.case_id.is_(None)).order_by(Case.id),
+    tiers: list[tuple[str, Any]] = [
+        ("pinned", with_entry.where(Case.pinned == true(), *fresh)
+         .order_by(RankingEntry.rank.is_(None), RankingEntry.rank, Case.id)),
+    ]
+    if control is not None:
+        tiers.append(("control", _control_tier(session, with_entry, project_id, now, fresh, control)))
+    tiers += [
+        ("ranked", select(Case, RankingEntry).join(RankingEntry, entry)
+         .where(*open_case_filter(project_id, now), *fresh).order_by(RankingEntry.rank)),
+        ("unranked", with_entry.where(*fresh, RankingEntry.case_id.is_(None)).order_by(Case.id)),
     ]
     if skipped:
         last_skip = _last_skips(user_id)
-        tiers.append(with_entry.join(last_skip, last_skip.c.case_id == Case.id)
-                     .order_by(last_skip.c.skipped_at, Case.pinned.desc(), RankingEntry.rank.is_(None),
-                               RankingEntry.rank, Case.id))
-    for stmt in tiers:
+        tiers.append(("skipped", with_entry.join(last_skip, last_skip.c.case_id == Case.id)
+                      .order_by(last_skip.c.skipped_at, Case.pinned.desc(), RankingEntry.rank.is_(None),
+                                RankingEntry.rank, Case.id)))
+    for tier, stmt in tiers:
+        if stmt is None:
+            continue
         picked = _lock_first(session, stmt)
         if picked is not None:
-            return picked
+            return Picked(picked[0], picked[1], tier)
     return None
 
 
@@ -88,6 +103,30 @@ def _last_skips(user_id: int) -> Subquery:
     return (select(Lease.case_id, func.max(Lease.ended_at).label("skipped_at"))
             .where(Lease.user_id == user_id, Lease.end_reason == "skipped")
             .group_by(Lease.case_id).subquery())
+
+
+def _control_tier(
+    session: Session, with_entry: Select[Case, RankingEntry], project_id: int, now: dt.datetime, fresh: list[Any],
+    position: Callable[[int], int],
+) -> Select[Case, RankingEntry] | None:
+    """The open, unpinned cases from the drawn one onwards in id order, wrapping round (None: no open case).
+
+    The ids are read without a lock; a case claimed meanwhile is simply passed over by the locking query,
+    which then takes the next one, so SKIP LOCKED keeps its guarantee.
+    """
+    open_ids = list(session.scalars(select(Case.id).where(*open_case_filter(project_id, now), *fresh,
+                                                          Case.pinned == false()).order_by(Case.id)))
+    if not open_ids:
+        return None
+    pivot = open_ids[position(len(open_ids))]
+    return with_entry.where(Case.pinned == false(), *fresh).order_by(Case.id < pivot, Case.id)
+
+
+def prediction_key(session: Session, model_version_id: int, case_id: int) -> str | None:
+    """The label map that model version's scoring run stored for the case (what GET .../prediction serves)."""
+    return session.scalar(
+        select(CaseScore.prediction_key).join(ModelVersion, ModelVersion.cycle_id == CaseScore.cycle_id)
+        .where(ModelVersion.id == model_version_id, CaseScore.case_id == case_id))
 
 
 def skipped_by(session: Session, project_id: int, user_id: int) -> set[int]:

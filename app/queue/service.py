@@ -9,16 +9,19 @@ from __future__ import annotations
 import datetime as dt
 import random
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.campaign import draw
 from app.core.config import get_settings
 from app.core.errors import Conflict, Forbidden, InvalidRequest, LeaseExpired, NotFound
 from app.models import Case, Lease, Project, Ranking, RankingEntry, User, utcnow
+from app.projects import service as projects
 from app.queue import repository as repo
 
 
@@ -104,14 +107,24 @@ def _current_ranking(session: Session, project: Project) -> Ranking:
 
 
 def claim_next(session: Session, project: Project, user: User) -> Claim | None:
+    """Lease the next case; the claim's number in the project's sequence decides whether it is a control claim.
+
+    The project row is locked first, so claim numbers are handed out one at a time and without gaps (a
+    claim that finds nothing gives its number back); case rows are locked after it, as before.
+    """
+    project = projects.lock_project(session, project.id)
     ranking = _current_ranking(session, project)
     now = utcnow()
-    picked = repo.pick_next(session, project.id, ranking.id, now, user.id)
+    number = project.claim_count + 1
+    picked = repo.pick_next(session, project.id, ranking.id, now, user.id,
+                            control=_control_draw(project, ranking, number))
     if picked is None:
         return None
-    case, entry = picked
+    project.claim_count = number
+    case, entry = picked.case, picked.entry
     _end_stale_lease(session, case, now)
-    lease = _grant(session, case, user, ranking.id, now)
+    lease = _grant(session, case, user, ranking.id, now, arm=_arm(picked.tier, ranking), claim_seq=number,
+                   **_served_prediction(session, ranking, case.id))
     return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking)
 
 
@@ -132,11 +145,13 @@ def lease_case(session: Session, case: Case, user: User) -> Lease | None:
     return _grant(session, locked, user, None, now)
 
 
-def _grant(session: Session, case: Case, user: User, ranking_id: int | None, now: dt.datetime) -> Lease:
-    """Write a new lease on a case the caller has locked and found open."""
+def _grant(
+    session: Session, case: Case, user: User, ranking_id: int | None, now: dt.datetime, **telemetry: Any
+) -> Lease:
+    """Write a new lease on a case the caller has locked and found open (``telemetry``: arm, served model)."""
     lease = Lease(
         token=secrets.token_urlsafe(24), case_id=case.id, user_id=user.id,
-        ranking_id=ranking_id, created_at=now, expires_at=now + lease_duration(),
+        ranking_id=ranking_id, created_at=now, expires_at=now + lease_duration(), **telemetry,
     )
     session.add(lease)
     session.flush()
@@ -144,6 +159,31 @@ def _grant(session: Session, case: Case, user: User, ranking_id: int | None, now
     audit.record(session, "lease.claim", user_id=user.id, project_id=case.project_id, case_id=case.id,
                  lease_id=lease.id)
     return lease
+
+
+def _control_draw(project: Project, ranking: Ranking, number: int) -> Callable[[int], int] | None:
+    """The control tier's position function for this claim, or None when the claim follows the ranking.
+
+    A cold-start ranking is already a seeded random order with no model behind it: nothing to control for.
+    """
+    if ranking.kind == "cold_start" or not draw.is_control(project.control_seed, number, project.control_fraction):
+        return None
+    seed = project.control_seed
+    return lambda open_cases: draw.control_position(seed, number, open_cases)
+
+
+def _arm(tier: str, ranking: Ranking) -> str:
+    if tier == "ranked" and ranking.kind == "cold_start":
+        return "cold_start"
+    return tier
+
+
+def _served_prediction(session: Session, ranking: Ranking, case_id: int) -> dict[str, Any]:
+    """The model version in service and the label map of this case it predicted (None before any model)."""
+    if ranking.model_version_id is None:
+        return {"model_version_id": None, "prediction_key": None}
+    return {"model_version_id": ranking.model_version_id,
+            "prediction_key": repo.prediction_key(session, ranking.model_version_id, case_id)}
 
 
 def _end_stale_lease(session: Session, case: Case, now: dt.datetime) -> None:
@@ -194,10 +234,13 @@ def _close(lease: Lease, case: Case, now: dt.datetime, reason: str) -> None:
     case.lease_id, case.lease_expires_at = None, None
 
 
-def check_and_end_lease(session: Session, case: Case, user: User) -> None:
-    """Called under the case row lock when a label is uploaded: refuse a foreign live lease, end any lease."""
+def check_and_end_lease(session: Session, case: Case, user: User) -> Lease | None:
+    """Called under the case row lock when a label is uploaded: refuse a foreign live lease, end any lease.
+
+    Returns the live lease this upload completed (ended as "labelled"), or None.
+    """
     if case.lease_id is None:
-        return
+        return None
     now = utcnow()
     lease = session.get(Lease, case.lease_id)
     assert lease is not None
@@ -209,8 +252,9 @@ def check_and_end_lease(session: Session, case: Case, user: User) -> None:
             f"{lease.expires_at.isoformat()}", field="case_id")
     if lease.ended_at is None:
         _close(lease, case, now if live else min(now, lease.expires_at), "labelled" if live else "expired")
-    else:
-        case.lease_id, case.lease_expires_at = None, None
+        return lease if live else None
+    case.lease_id, case.lease_expires_at = None, None
+    return None
 
 
 def live_leases(session: Session, project_id: int, user_id: int) -> list[tuple[Lease, Case]]:
