@@ -156,10 +156,10 @@ def test_monailabel_next_sample_records_the_arm(
     ranking = model_ranking(project["id"], ids)
     set_control(client, admin, project["id"], 0.0, seed=5)
     base = f"/monailabel/{project['id']}"
-    sample = client.post(f"{base}/activelearning/random", headers=annotator.headers).json()
+    sample = client.post(f"{base}/activelearning/nextcase", headers=annotator.headers).json()
     assert sample["id"].startswith(f"case{ranking[0]}-")
     set_control(client, admin, project["id"], 1.0, seed=5)
-    client.post(f"{base}/activelearning/uncertainty", headers=annotator.headers)  # releases the first as skipped
+    client.post(f"{base}/activelearning/nextcase", headers=annotator.headers)  # releases the first as skipped
     got = leases(project["id"])
     open_cases = sorted(set(ids) - {ranking[0]})  # the skipped case is not handed straight back
     assert got == [(1, ranking[0], "ranked"), (2, open_cases[draw.control_position(5, 2, 3)], "control")]

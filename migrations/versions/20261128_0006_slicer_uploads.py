@@ -17,9 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("projects") as batch:
-        batch.add_column(sa.Column("annotators_can_upload_cases", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
+    # A plain ADD COLUMN: a batch table copy cannot drop the old projects table of a SQLite database that
+    # holds rows (its foreign keys refuse).
+    op.add_column("projects", sa.Column("annotators_can_upload_cases", sa.Boolean(), nullable=False,
+                                        server_default=sa.false()))
     op.create_table(
         "image_aliases",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -38,5 +39,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("image_aliases")
-    with op.batch_alter_table("projects") as batch:
-        batch.drop_column("annotators_can_upload_cases")
+    # Native DROP COLUMN (SQLite >= 3.35), not a batch table copy: dropping the copied projects table fails
+    # the foreign keys of a database that holds rows.
+    op.drop_column("projects", "annotators_can_upload_cases")
