@@ -278,7 +278,8 @@ def simulate(
     full_pool: Annotated[bool, typer.Option(help="also train once on the whole pool (the ceiling)")] = True,
     control_fraction: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="--engine service: fraction of the oracle's claims drawn at random (the control arm "
-                               "behind live.csv and live_estimate.png); with few labels per cycle raise it")] = 0.1,
+                               "behind live.csv and live_estimate.png). Default 0: random picks would dilute the "
+                               "strategy being compared; set it (e.g. 0.5) for the live estimate")] = 0.0,
     url: Annotated[str | None, typer.Option(help="a running NextCase server (default: start an embedded one)")] = None,
     token: Annotated[str | None, typer.Option(help="admin token for --url")] = None,
     engine: Annotated[Engine, typer.Option(help="service: through the REST API; direct: the same ML functions in "

@@ -48,8 +48,9 @@ class Protocol:
     resample: float = 1.0
     full_pool: bool = True
     # The queue's control arm (see app.campaign): the fraction of the oracle's claims drawn at random, which
-    # gives the live estimate of live.csv. A run saved before it existed had none.
-    control_fraction: float = 0.1
+    # gives the live estimate of live.csv. Off by default: in a strategy comparison its random picks would
+    # dilute every arm towards random. A run saved before it existed had none.
+    control_fraction: float = 0.0
 
 
 @dataclass
