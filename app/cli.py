@@ -80,6 +80,23 @@ def prepare_database() -> None:
         migrate.upgrade(settings.database_url)
     elif not migrate.is_current(settings.database_url):
         raise UserError("the database schema is not the latest: run `nextcase migrate` first")
+    _check_key()
+
+
+def _check_key() -> str:
+    """Load or create the patient-id key before anything hashes a patient id; returns the start-up line."""
+    from sqlalchemy import func, select
+
+    from app.core import db
+    from app.core.secret_key import MissingKeyFile, describe, ensure_key
+    from app.models import Patient
+
+    with db.session_scope() as session:
+        has_patients = bool(session.scalar(select(func.count()).select_from(Patient)))
+    try:
+        return describe(ensure_key(has_patients=has_patients))
+    except MissingKeyFile as exc:
+        raise UserError(str(exc)) from None
 
 
 @cli.command("migrate")
@@ -178,7 +195,7 @@ def serve(
     settings = get_settings()
     setup_logging(settings.log_level, settings.json_logs)
     prepare_database()
-    typer.echo(_key_line())
+    typer.echo(_check_key())
     typer.echo(f"data folder: {settings.data_dir}" if settings.is_sqlite else "database: PostgreSQL")
     development = settings.environment == "development"
     token = _bootstrap_admin() if development else None  # production: `nextcase create-user`, no token in logs
@@ -194,20 +211,9 @@ def serve(
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_config=None, access_log=False)
     finally:
         announcer.stop()
+        announcer.tell_once()  # the one-time tokens, even when the server stopped before they were printed
         if child is not None:
             _stop(child)
-
-
-def _key_line() -> str:
-    from sqlalchemy import func, select
-
-    from app.core import db
-    from app.core.secret_key import describe, ensure_key
-    from app.models import Patient
-
-    with db.session_scope() as session:
-        has_patients = bool(session.scalar(select(func.count()).select_from(Patient)))
-    return describe(ensure_key(has_patients=has_patients))
 
 
 def _needs_demo() -> bool:

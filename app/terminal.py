@@ -87,31 +87,41 @@ def _duration(seconds: float) -> str:
 class Announcer(threading.Thread):
     def __init__(self, base: str, admin_token: str | None, demo: Demo | None) -> None:
         super().__init__(name="announcer", daemon=True)
-        self.base, self.admin_token, self.demo = base, admin_token, demo
+        self.base, self.admin_token, self.demo = _local(base), admin_token, demo
         self._stopped = threading.Event()
+        self._told = threading.Lock()
+        self._told_already = False
 
     def stop(self) -> None:
         self._stopped.set()
 
-    def run(self) -> None:
-        if not self._wait_for_server():
-            return
-        if self.demo is None:
-            if self.admin_token:
-                _say(f"\nAPI: {self.base}/api/v1 (docs: {self.base}/docs)\nadmin token (shown once): "
-                     f"{self.admin_token}\n")
-            return
-        self._wait(lambda: read_cycle(self.demo.cycle_id).status != "queued", timeout=300)
-        _say(instructions(self.demo, self.admin_token, self.base))
-        self._watch(self.demo.cycle_id)
+    def tell_once(self) -> None:
+        """Print the instructions and one-time tokens, once, whatever else failed: they are not shown again."""
+        with self._told:
+            if self._told_already:
+                return
+            self._told_already = True
+        if self.demo is not None:
+            _say(instructions(self.demo, self.admin_token, self.base))
+        elif self.admin_token:
+            _say(f"\nAPI: {self.base}/api/v1 (docs: {self.base}/docs)\nadmin token (shown once): {self.admin_token}\n")
 
-    def _wait_for_server(self) -> bool:
-        return self._wait(self._answers, timeout=300)
+    def run(self) -> None:
+        try:
+            self._wait(self._answers, timeout=300)
+            if self.demo is not None:
+                demo = self.demo
+                self._wait(lambda: read_cycle(demo.cycle_id).status != "queued", timeout=300)
+        finally:  # a failed wait must not swallow the tokens
+            if not self._stopped.is_set():
+                self.tell_once()
+        if self.demo is not None:
+            self._watch(self.demo.cycle_id)
 
     def _answers(self) -> bool:
         try:
             return httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
+        except Exception:  # not up yet, or an address httpx cannot dial: keep waiting until the timeout
             return False
 
     def _wait(self, ready: Any, timeout: float) -> bool:
@@ -120,18 +130,31 @@ class Announcer(threading.Thread):
             if ready():
                 return True
             self._stopped.wait(POLL_S)
-        return not self._stopped.is_set()
+        return False
 
     def _watch(self, cycle_id: int) -> None:
         last_phase, last_said = "", 0.0
         while not self._stopped.wait(POLL_S):
-            view = read_cycle(cycle_id)
+            try:
+                view = read_cycle(cycle_id)
+            except Exception as exc:  # progress is a courtesy: the cycle goes on without it
+                _say(f"[cycle {cycle_id}] progress unavailable ({type(exc).__name__}); "
+                     f"see GET /api/v1/cycles/{cycle_id}")
+                return
             if view.status not in ("queued", "running"):
                 _say(outcome_line(cycle_id, view))
                 return
             if view.phase != last_phase or time.monotonic() - last_said >= EVERY_S:
                 _say(progress_line(cycle_id, view))
                 last_phase, last_said = view.phase or "", time.monotonic()
+
+
+def _local(base: str) -> str:
+    """The server as this process reaches it: a wildcard bind address is not a destination."""
+    for wildcard in ("//0.0.0.0:", "//[::]:", "//:::"):
+        if wildcard in base:
+            return base.replace(wildcard, "//127.0.0.1:")
+    return base
 
 
 def _say(text: str) -> None:

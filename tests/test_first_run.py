@@ -19,10 +19,10 @@ from app.cli import _bootstrap_admin
 from app.core import db, migrate
 from app.core.config import DEV_SECRET, Settings, get_settings
 from app.core.logging import HumanFormatter
-from app.core.secret_key import describe, ensure_key, patient_key
+from app.core.secret_key import MissingKeyFile, _source, describe, ensure_key, patient_key
 from app.models import ApiToken, User
 from app.phantom import write_dataset
-from app.terminal import CycleView, explain_dice, outcome_line, progress_line
+from app.terminal import Announcer, CycleView, explain_dice, outcome_line, progress_line
 from tests.conftest import Login, make_login
 from tests.factories import bulk_cases, create_project, encode, volume
 
@@ -56,11 +56,23 @@ def test_first_start_generates_a_private_random_key_and_reuses_it(tmp_path: Path
     assert other.key != first.key  # no two installations share a key
 
 
-def test_a_database_hashed_with_the_old_constant_keeps_it_and_warns(tmp_path: Path) -> None:
-    source = ensure_key(Settings(data_dir=tmp_path), has_patients=True)
-    assert source.key == DEV_SECRET.encode() and source.legacy
-    assert describe(source).startswith("WARNING")
-    assert patient_key(Settings(data_dir=tmp_path)) == DEV_SECRET.encode()
+def test_a_database_with_patients_and_no_key_file_is_refused_not_rekeyed(tmp_path: Path) -> None:
+    with pytest.raises(MissingKeyFile, match="restore the key file"):
+        ensure_key(Settings(data_dir=tmp_path), has_patients=True)
+    assert not (tmp_path / "secret.key").exists()  # nothing was generated in its place
+    legacy = ensure_key(Settings(data_dir=tmp_path, secret_key=DEV_SECRET), has_patients=True)
+    assert legacy.key == DEV_SECRET.encode() and legacy.legacy
+    assert describe(legacy).startswith("WARNING")
+
+
+def test_every_command_refuses_a_database_whose_key_file_is_missing(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "msd", n=1, seed=0, shape=(8, 16, 16))
+    env = _env(NEXTCASE_DATA_DIR=str(tmp_path / "data"))
+    assert _cli("import-msd", "phantoms", str(dataset), cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "data" / "secret.key").unlink()  # lost, or a different NEXTCASE_DATA_DIR/HOME than before
+    again = _cli("import-msd", "phantoms", str(dataset), cwd=tmp_path, env=env)
+    assert again.returncode == 1 and again.stderr.startswith("error: the database holds patients but")
+    assert not (tmp_path / "data" / "secret.key").exists()
 
 
 def test_an_explicit_key_wins_and_production_requires_one(tmp_path: Path) -> None:
@@ -81,6 +93,7 @@ def test_patients_keep_their_pseudonym_across_restarts(client: TestClient, admin
 
     before = upload(1)
     get_settings.cache_clear()  # a restart: settings and the key are read again
+    _source.cache_clear()
     assert upload(2) == before
     assert (get_settings().data_dir / "secret.key").exists()
 
@@ -219,6 +232,17 @@ def test_cycle_progress_lines_say_the_phase_how_far_and_how_long() -> None:
     assert progress_line(1, _view(phase="score", progress={"scored": 3, "total": 12})).startswith(
         "[cycle 1] scoring case 3/12")
     assert "failed after 1 min 15 s: out of memory" in outcome_line(1, _view(status="failed", error="out of memory"))
+
+
+def test_the_one_time_token_is_printed_exactly_once_even_if_the_server_never_answered(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    announcer = Announcer("http://[::]:1", "nc_secret", None)
+    assert announcer.base == "http://127.0.0.1:1"  # a wildcard bind address is not something to dial
+    announcer.stop()  # e.g. Ctrl-C before the server answered: serve's finally still tells
+    announcer.tell_once()
+    announcer.tell_once()
+    assert capsys.readouterr().out.count("admin token (shown once): nc_secret") == 1
 
 
 def test_dice_is_explained_where_it_is_shown() -> None:

@@ -21,7 +21,7 @@ class KeySource:
     key: bytes
     path: Path | None  # None: from NEXTCASE_SECRET_KEY
     created: bool = False
-    legacy: bool = False  # the old public constant, kept because patients were hashed with it
+    legacy: bool = False  # the old public constant (a database from before key files was hashed with it)
 
 
 def patient_key(settings: Settings | None = None) -> bytes:
@@ -29,15 +29,23 @@ def patient_key(settings: Settings | None = None) -> bytes:
     return _load(settings or get_settings()).key
 
 
+class MissingKeyFile(RuntimeError):
+    """The database holds hashed patients but the key that hashed them is not where it should be."""
+
+
 def ensure_key(settings: Settings | None = None, *, has_patients: bool = False) -> KeySource:
-    """Load or create the key at start-up. ``has_patients``: the database already holds hashed patients."""
+    """Load or create the key at start-up. ``has_patients``: the database already holds hashed patients.
+
+    A new key for a database with patients would silently make every known patient a new one, so that
+    is refused: the key file was lost, or NEXTCASE_DATA_DIR (or HOME) points elsewhere than before.
+    """
     settings = settings or get_settings()
     _source.cache_clear()
     if not settings.secret_key.get_secret_value() and not settings.secret_key_file.exists() and has_patients:
-        # A database from before key files: its patients were hashed with the constant. A new key would
-        # silently make every known patient a new one, so keep the constant, explicitly, and warn.
-        created = _create(settings.secret_key_file, DEV_SECRET.encode())
-        return _source(settings.secret_key.get_secret_value(), settings.secret_key_file, created)
+        raise MissingKeyFile(
+            f"the database holds patients but {settings.secret_key_file} does not exist: restore the key file "
+            "from your backup (or point NEXTCASE_DATA_DIR at its folder). A database from before key files was "
+            f"hashed with the old development key: start it with NEXTCASE_SECRET_KEY={DEV_SECRET}")
     return _load(settings)
 
 
@@ -46,10 +54,10 @@ def _load(settings: Settings) -> KeySource:
 
 
 @lru_cache(maxsize=8)
-def _source(configured: str, path: Path, created: bool = False) -> KeySource:
+def _source(configured: str, path: Path) -> KeySource:
     if configured:
-        return KeySource(configured.encode(), None)
-    created = _create(path, secrets.token_hex(32).encode()) or created
+        return KeySource(configured.encode(), None, legacy=configured == DEV_SECRET)
+    created = _create(path, secrets.token_hex(32).encode())
     key = path.read_bytes().strip()
     if not key:
         raise RuntimeError(f"the patient-id key file {path} is empty; restore it from your backup")
@@ -76,11 +84,11 @@ def _create(path: Path, key: bytes) -> bool:
 
 def describe(source: KeySource) -> str:
     """One start-up line on where the key comes from (never the key itself)."""
+    if source.legacy:
+        return ("WARNING patient-id key: the public development constant, which an older database was hashed "
+                "with; use this installation for test data only")
     if source.path is None:
         return "patient-id key: from NEXTCASE_SECRET_KEY"
-    if source.legacy:
-        return (f"WARNING patient-id key: {source.path} holds the public development constant, kept because this "
-                "database's patients were hashed with it; use this installation for test data only")
     if source.created:
         return (f"patient-id key: generated a random key in {source.path} (owner-only). Keep it with the "
                 "database and back it up: without it, known patients cannot be matched again")
