@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from app.cases.imaging import read_nifti
 from app.core import db
-from app.models import AuditEvent, LabelVersion, User
+from app.models import AuditEvent, LabelVersion, Lease, User
 from tests.conftest import Login, make_login
 from tests.factories import encode
 from tests.ml.synthetic import cube_case
@@ -408,6 +408,8 @@ def test_a_volume_opened_locally_in_slicer_becomes_a_new_case(
     assert reply == {"image": f"case{case_id}", "created": True} and case_id not in fresh["case_ids"]
     case = fresh["api"].get(f"/cases/{case_id}").json()
     assert case["patient"].startswith("PT-") and case["status"] == "unlabelled"
+    with db.session_scope() as session:  # the uploader's lease is its own arm, not a queue draw
+        assert session.scalar(select(Lease.arm).where(Lease.case_id == case_id)) == "uploaded"
 
     label = tmp_path / "label.nii.gz"
     label.write_bytes(encode(_image(cube_case(7)[1])))

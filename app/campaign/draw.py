@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
-ARMS = ("pinned", "ranked", "control", "cold_start", "unranked", "skipped")
+# "uploaded": a case the annotator uploaded from 3D Slicer to label it, leased to them without a queue draw.
+ARMS = ("pinned", "ranked", "control", "cold_start", "unranked", "skipped", "uploaded")
 
 
 def uniform(seed: int, claim: int, purpose: str) -> float:

@@ -27,7 +27,7 @@ from app.core.storage import BlobStore
 from app.cycles.service import fail_stale
 from app.models import ACTIVE_CYCLE_STATES, Case, Cycle, Lease, ModelVersion, Project, User, utcnow
 from app.monailabel import repository as repo
-from app.projects.service import get_project
+from app.projects.service import get_project, lock_project
 from app.queue import service as queue
 
 MODEL_NAME = "segmentation"
@@ -153,6 +153,7 @@ def next_sample(session: Session, project: Project, user: User) -> dict[str, Any
     comes back only when it is the one case left, and then every time. Slicer cannot load an id it
     already showed; the id carries the new lease's key, so it is a new one.
     """
+    lock_project(session, project.id)  # the claim's lock order: project row, then case, then lease
     for lease, _case in queue.live_leases(session, project.id, user.id)[:1]:
         queue.end_lease(session, lease.token, user, "skipped", "next sample requested in MONAI Label client")
     claim = queue.claim_next(session, project, user)

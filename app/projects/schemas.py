@@ -45,8 +45,10 @@ class ProjectPublic(BaseModel):
 
 
 class ProjectSettings(ProjectPublic):
-    """What admins see when they create or change a project: with the seed, which annotators never see (with it
-    and the claim count they could tell which of their cases are controls)."""
+    """What admins see when they create or change a project: with the seed, which annotators are not shown.
+
+    With the seed and the claim count anyone could compute which claims are controls. Hiding it does not fully
+    blind annotators: a claim's rank (far down the ranking) can still give a control case away."""
 
     control_seed: int = Field(description=CONTROL_SEED)
 

@@ -142,7 +142,7 @@ def lease_case(session: Session, case: Case, user: User) -> Lease | None:
         held = session.get(Lease, locked.lease_id)
         return held if held is not None and held.user_id == user.id and held.ended_at is None else None
     _end_stale_lease(session, locked, now)
-    return _grant(session, locked, user, None, now)
+    return _grant(session, locked, user, None, now, arm="uploaded")  # not a queue draw: its own arm
 
 
 def _grant(
