@@ -19,7 +19,7 @@ from app.core.config import get_settings
 from app.core.storage import BlobStore
 from app.models import CaseScore, Cycle, LabelEffort, Lease, ModelVersion
 from app.queue.service import publish_ranking
-from tests.conftest import Login
+from tests.conftest import Login, make_login
 from tests.factories import bulk_cases, create_project, encode, upload_label, volume
 
 # A hand-built prediction and mask on bulk_cases' (2, 3, 4) grid, flattened (24 voxels):
@@ -88,7 +88,13 @@ def test_claim_download_upload_records_dice_against_the_claimed_prediction(
     prediction = client.get(f"/api/v1/cases/{case_id}/prediction", headers=annotator.headers)
     assert prediction.content == served
     # A new model is published while the annotator works: the effort still compares with what was served.
-    publish_model(project["id"], ids, settings_env, on_case_grid(np.zeros((2, 3, 4), np.uint8)), version=2)
+    newer = on_case_grid(np.zeros((2, 3, 4), np.uint8))
+    publish_model(project["id"], ids, settings_env, newer, version=2)
+    # The holder keeps being served the prediction the effort is measured against; others see the newest.
+    again = client.get(f"/api/v1/cases/{case_id}/prediction", headers=annotator.headers)
+    assert again.status_code == 200 and again.content == served
+    other = make_login("reader", "annotator")
+    assert client.get(f"/api/v1/cases/{case_id}/prediction", headers=other.headers).content == newer
 
     assert upload_label(client, annotator.headers, case_id, on_case_grid(MASK)).status_code == 201
 

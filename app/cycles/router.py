@@ -60,16 +60,22 @@ def download_weights(model_id: Id, session: SessionDep, store: StoreDep, _: User
                         filename=f"project{model.project_id}-model-v{model.version}.pt")
 
 
-def _case_output(case_id: int, kind: str, session: SessionDep, store: BlobStore) -> FileResponse:
+def _case_output(
+    case_id: int, kind: str, session: SessionDep, store: BlobStore, key: str | None = None
+) -> FileResponse:
     get_case(session, case_id)
-    key = service.latest_case_output(session, case_id, kind)
+    key = key or service.latest_case_output(session, case_id, kind)
     return FileResponse(store.path(key), media_type="application/gzip", filename=f"case-{case_id}-{kind}.nii.gz")
 
 
 @router.get("/cases/{case_id}/prediction", response_class=FileResponse)
-def prediction(case_id: Id, session: SessionDep, store: StoreDep, _: UserDep) -> FileResponse:
-    """The model's label map on the case's grid (NIfTI uint8), a starting point for editing."""
-    return _case_output(case_id, "prediction", session, store)
+def prediction(case_id: Id, session: SessionDep, store: StoreDep, user: UserDep) -> FileResponse:
+    """The model's label map on the case's grid (NIfTI uint8), a starting point for editing.
+
+    The holder of a live lease gets the map served with their claim, even after a newer model is published.
+    """
+    leased = service.leased_prediction(session, case_id, user.id)
+    return _case_output(case_id, "prediction", session, store, leased)
 
 
 @router.get("/cases/{case_id}/uncertainty", response_class=FileResponse)

@@ -14,7 +14,7 @@ from app.audit import service as audit
 from app.core.config import get_settings
 from app.core.errors import Conflict, DomainError, InvalidRequest, NotFound
 from app.cycles.schemas import CycleCreate
-from app.models import ACTIVE_CYCLE_STATES, CaseScore, Cycle, ModelVersion, Project, User, utcnow
+from app.models import ACTIVE_CYCLE_STATES, Case, CaseScore, Cycle, Lease, ModelVersion, Project, User, utcnow
 
 log = logging.getLogger("nextcase.cycles")
 TRAINING_FIELDS = ("steps", "epochs", "learning_rate", "lr_schedule", "augment", "flip_axes", "val_every",
@@ -175,6 +175,17 @@ def get_model(session: Session, model_id: int) -> ModelVersion:
     if model is None:
         raise NotFound(f"model version {model_id} does not exist", field="model_id")
     return model
+
+
+def leased_prediction(session: Session, case_id: int, user_id: int) -> str | None:
+    """The prediction served with the user's live lease on the case: what their effort record compares with.
+
+    A newer model may be published while they work; they keep the map they started from.
+    """
+    return session.scalar(
+        select(Lease.prediction_key).join(Case, Case.lease_id == Lease.id)
+        .where(Case.id == case_id, Lease.user_id == user_id, Lease.ended_at.is_(None), Lease.expires_at > utcnow(),
+               Lease.prediction_key.is_not(None)))
 
 
 def latest_case_output(session: Session, case_id: int, kind: str) -> str:
