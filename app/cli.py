@@ -157,8 +157,19 @@ def start_embedded_worker() -> subprocess.Popen[bytes]:
 
     with db.session_scope() as session:
         fail_interrupted(session)
+    _declare_task_queue()
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "solo", "--quiet"],
                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def _declare_task_queue() -> None:
+    """Create the embedded broker's tables and queue row before two processes race to: kombu's SQLAlchemy
+    transport guards its get-or-create with an in-process lock only, so the API's first publish and the
+    starting worker both inserted the row and one failed (IntegrityError, a 503 on the first cycle)."""
+    from worker.celery_app import GPU_QUEUE, celery_app
+
+    with celery_app.connection_for_write() as conn:
+        celery_app.amqp.queues[GPU_QUEUE].bind(conn.default_channel).declare()
 
 
 def _die_with_parent() -> None:

@@ -279,3 +279,24 @@ def test_live_leases_list_the_callers_own_with_their_tokens(
     assert all(x["token"] is None for x in everyone)  # tokens are for their holders only
     refused = client.get("/api/v1/leases?mine=false", headers=annotator.headers)
     assert refused.status_code == 403 and "admin role" in refused.json()["detail"]
+
+
+def test_the_embedded_queue_exists_before_the_worker_and_the_api_race_to_create_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from app.cli import _declare_task_queue
+    from worker.celery_app import reset_celery
+
+    monkeypatch.setenv("NEXTCASE_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    reset_celery()
+    try:
+        _declare_task_queue()
+        _declare_task_queue()  # idempotent: a restart declares it again
+        with sqlite3.connect(tmp_path / "broker.sqlite") as conn:
+            assert conn.execute("SELECT name FROM kombu_queue").fetchall() == [("gpu",)]
+    finally:
+        get_settings.cache_clear()
+        reset_celery()
