@@ -65,12 +65,12 @@ def _root(
     """NextCase: which 3D image should be annotated next."""
 
 
-def prepare_database() -> None:
+def prepare_database() -> str:
     """Bring the embedded SQLite database to the latest schema; refuse a server database that is behind.
 
     Every command that touches the database calls this, so nothing runs on a missing or old schema.
     A PostgreSQL schema is migrated only by ``nextcase migrate`` (the compose file's one-shot job):
-    several API and worker processes must not race to migrate it.
+    several API and worker processes must not race to migrate it. Returns the patient-id key's start-up line.
     """
     from app.core import migrate
     from app.core.config import get_settings
@@ -80,7 +80,7 @@ def prepare_database() -> None:
         migrate.upgrade(settings.database_url)
     elif not migrate.is_current(settings.database_url):
         raise UserError("the database schema is not the latest: run `nextcase migrate` first")
-    _check_key()
+    return _check_key()
 
 
 def _check_key() -> str:
@@ -205,8 +205,7 @@ def serve(
 
     settings = get_settings()
     setup_logging(settings.log_level, settings.json_logs)
-    prepare_database()
-    typer.echo(_check_key())
+    typer.echo(prepare_database())  # says where the patient-id key is, and whether it was just generated
     typer.echo(f"data folder: {settings.data_dir}" if settings.is_sqlite else "database: PostgreSQL")
     development = settings.environment == "development"
     token = _bootstrap_admin() if development else None  # production: `nextcase create-user`, no token in logs
