@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from app.core.config import get_settings
 from app.core.storage import BlobStore, get_blob_store
 from app.models import Case, CaseScore, Cycle, LabelVersion, ModelVersion, Project, utcnow
 from app.queue.service import publish_ranking
-from worker.data import encode_on_case_grid, load_array
+from worker.data import encode_map_on_case_grid, encode_on_case_grid, load_array
 from worker.ml.cancel import Cancelled
 
 log = logging.getLogger("nextcase.worker")
@@ -318,21 +319,36 @@ def score(cycle_id: int, store: BlobStore) -> None:
             Case.deleted_at.is_(None)).order_by(Case.id)))
     model, meta = _load_model(store, cycle)
     should_stop = _cancel_checker(cycle_id)
-    for done, case in enumerate(cases):
-        if _progress(cycle_id, scored=done, total=len(cases)):
-            raise CycleCancelled
-        image = normalise(load_array(store, case.blob_key).astype(np.float32), project.modality)
-        result = score_case(model, image, cycle.strategy, meta.params, case_key=case.id, should_stop=should_stop)
-        assert result.prediction is not None and result.embedding is not None
-        extras: dict[str, Any] = {**result.extras, "embedding": [round(float(v), 6) for v in result.embedding]}
-        row = CaseScore(cycle_id=cycle_id, case_id=case.id, score=float(result.score), extras=extras,
-                        prediction_key=store.put(encode_on_case_grid(result.prediction, case), "nii.gz").key)
-        if result.voxel_map is not None:
-            row.uncertainty_key = store.put(encode_on_case_grid(result.voxel_map.astype(np.float32), case),
-                                            "nii.gz").key
-        with db.session_scope() as session:
-            session.add(row)
+    # Encoding and storing a case's prediction and map runs beside the next case's scoring, not before it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cycle-{cycle_id}-writer") as writer:
+        pending: list[Future[None]] = []
+        for done, case in enumerate(cases):
+            if _progress(cycle_id, scored=done, total=len(cases)):
+                raise CycleCancelled
+            image = normalise(load_array(store, case.blob_key).astype(np.float32), project.modality)
+            result = score_case(model, image, cycle.strategy, meta.params, case_key=case.id, should_stop=should_stop)
+            pending.append(writer.submit(_store_score, store, cycle_id, case, result))
+            _raise_failed_writes(pending)
+        for future in pending:
+            future.result()
     _progress(cycle_id, scored=len(cases), total=len(cases))
+
+
+def _raise_failed_writes(pending: list[Future[None]]) -> None:
+    for future in [f for f in pending if f.done()]:
+        future.result()  # a failed write fails the phase now, not after every case is scored
+        pending.remove(future)
+
+
+def _store_score(store: BlobStore, cycle_id: int, case: Case, result: Any) -> None:
+    assert result.prediction is not None and result.embedding is not None
+    extras: dict[str, Any] = {**result.extras, "embedding": [round(float(v), 6) for v in result.embedding]}
+    row = CaseScore(cycle_id=cycle_id, case_id=case.id, score=float(result.score), extras=extras,
+                    prediction_key=store.put(encode_on_case_grid(result.prediction, case), "nii.gz").key)
+    if result.voxel_map is not None:
+        row.uncertainty_key = store.put(encode_map_on_case_grid(result.voxel_map, case), "nii.gz").key
+    with db.session_scope() as session:
+        session.add(row)
 
 
 def publish(cycle_id: int, store: BlobStore) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,14 @@ from worker.ml.params import TrainParams
 from worker.ml.transforms import normalise
 
 __all__ = [
+    "PaddedVolume",
+    "blend_windows",
     "default_device",
     "dice_per_class",
     "evaluate",
+    "logits_to_probabilities",
     "mean_foreground_dice",
+    "pad_volume",
     "predict_labels",
     "predict_probabilities",
     "sliding_window_probabilities",
@@ -53,6 +58,51 @@ def window_starts(size: int, roi: int, overlap: float, align: int) -> list[int]:
     return starts
 
 
+@dataclass
+class PaddedVolume:
+    """One volume laid out for sliding-window inference.
+
+    Args:
+        x: (1, 1, *padded) image tensor on the inference device.
+        grid: the padded shape, the ROI and (per network call) the window origins, shared with the frozen
+            dropout layers.
+        windows: every window origin, in the order they are run.
+        crop: slices that cut the padded volume back to the input grid.
+    """
+
+    x: torch.Tensor
+    grid: WindowGrid
+    windows: list[tuple[int, ...]]
+    crop: tuple[slice, ...]
+
+    def boxes(self, chunk: Sequence[tuple[int, ...]]) -> list[tuple[slice, ...]]:
+        """The (D, H, W) slices of each window origin in ``chunk``."""
+        return [tuple(slice(o, o + r) for o, r in zip(origin, self.grid.roi, strict=True)) for origin in chunk]
+
+
+def pad_volume(image_norm: np.ndarray, params: TrainParams, device: torch.device | str) -> PaddedVolume:
+    """Pad a volume with its minimum (as in training) to at least the ROI and to a multiple of the UNet's
+    down-sampling, and place the windows on that lattice (see :func:`window_starts`)."""
+    if image_norm.ndim != 3:
+        raise ValueError(f"image_norm must be 3D (D, H, W), got shape {image_norm.shape}")
+    roi = tuple(int(r) for r in params.patch_size)
+    align = math.prod(params.strides)
+    target = tuple(max(r, -(-n // align) * align) for r, n in zip(roi, image_norm.shape, strict=True))
+    pads = [t - n for t, n in zip(target, image_norm.shape, strict=True)]
+    image = np.asarray(image_norm, dtype=np.float32)
+    if any(pads):
+        widths = [(p // 2, p - p // 2) for p in pads]
+        image = np.pad(image, widths, mode="constant", constant_values=float(image.min()))
+    x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
+    windows = list(itertools.product(*(window_starts(t, r, params.sw_overlap, align)
+                                       for t, r in zip(target, roi, strict=True))))
+    crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, image_norm.shape, strict=True))
+    return PaddedVolume(x, WindowGrid(target, roi), windows, crop)  # type: ignore[arg-type]
+
+
+WindowRunner = Callable[[int, list[tuple[slice, ...]]], torch.Tensor]
+
+
 def sliding_window_probabilities(
     model: nn.Module, image_norm: np.ndarray, params: TrainParams, embedding: list[torch.Tensor] | None = None,
     should_stop: StopCheck | None = None,
@@ -60,11 +110,10 @@ def sliding_window_probabilities(
     """Softmax probabilities over the whole volume, leaving the model's train/eval modes as they are.
 
     This is the shared core of plain prediction (eval mode) and MC-dropout passes (dropout in train mode);
-    the caller chooses the modes and the grad mode. The volume is padded with its minimum (as in
-    training) to at least the ROI (``params.patch_size``) and to a multiple of the UNet's down-sampling,
-    windows are placed on that lattice, window logits are averaged where windows overlap, and the result
-    is cropped back, so the output grid is always the input grid. Frozen dropout layers get a
-    :class:`WindowGrid`, so one MC pass is one sub-network for every voxel.
+    the caller chooses the modes and the grad mode. The volume is padded (:func:`pad_volume`), window
+    logits are averaged where windows overlap, and the result is cropped back, so the output grid is always
+    the input grid. Frozen dropout layers get a :class:`WindowGrid`, so one MC pass is one sub-network for
+    every voxel.
 
     Args:
         model: network on the target device mapping (B, 1, *roi) to logits (B, C, *roi).
@@ -77,62 +126,61 @@ def sliding_window_probabilities(
     Returns:
         (C, D, H, W) float32 probabilities on the model's device.
     """
-    if image_norm.ndim != 3:
-        raise ValueError(f"image_norm must be 3D (D, H, W), got shape {image_norm.shape}")
-    device = next(model.parameters()).device
-    roi = tuple(int(r) for r in params.patch_size)
-    align = math.prod(params.strides)
-    target = tuple(max(r, -(-n // align) * align) for r, n in zip(roi, image_norm.shape, strict=True))
-    pads = [t - n for t, n in zip(target, image_norm.shape, strict=True)]
-    image = np.asarray(image_norm, dtype=np.float32)
-    if any(pads):
-        widths = [(p // 2, p - p // 2) for p in pads]
-        image = np.pad(image, widths, mode="constant", constant_values=float(image.min()))
-    x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
-    windows = list(itertools.product(*(window_starts(t, r, params.sw_overlap, align)
-                                       for t, r in zip(target, roi, strict=True))))
-    grid = WindowGrid(target, roi)  # type: ignore[arg-type]
-    logits = _blend_windows(model, x, windows, grid, params.sw_batch_size, embedding, should_stop)
-    probs = torch.softmax(logits, dim=0)
-    crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, image_norm.shape, strict=True))
-    return probs[(slice(None), *crop)].contiguous()
-
-
-def _blend_windows(
-    model: nn.Module, x: torch.Tensor, windows: list[tuple[int, ...]], grid: WindowGrid, batch: int,
-    embedding: list[torch.Tensor] | None, should_stop: StopCheck | None,
-) -> torch.Tensor:
-    """(C, *volume) mean logits over the windows covering each voxel."""
-    dropouts = consistent_dropout_modules(model)
+    volume = pad_volume(image_norm, params, next(model.parameters()).device)
     pooled: list[torch.Tensor] = []
     hook = None
     if embedding is not None:
         hook = bottleneck_module(model).register_forward_hook(
             lambda _m, _i, out: pooled.append(out.float().mean(dim=(2, 3, 4)).sum(dim=0)))
+
+    def run(_batch: int, boxes: list[tuple[slice, ...]]) -> torch.Tensor:
+        return model(torch.cat([volume.x[(slice(None), slice(None), *box)] for box in boxes]))
+
+    try:
+        logits = blend_windows(model, volume, run, params.sw_batch_size, should_stop)
+    finally:
+        if hook is not None:
+            hook.remove()
+    if embedding is not None:
+        embedding.append(torch.stack(pooled).sum(dim=0) / len(volume.windows))
+    return logits_to_probabilities(logits, volume)
+
+
+def logits_to_probabilities(logits: torch.Tensor, volume: PaddedVolume) -> torch.Tensor:
+    """Softmax over classes, cropped back to the input grid: (C, D, H, W)."""
+    return torch.softmax(logits, dim=0)[(slice(None), *volume.crop)].contiguous()
+
+
+def blend_windows(
+    model: nn.Module, volume: PaddedVolume, run: WindowRunner, batch: int, should_stop: StopCheck | None,
+) -> torch.Tensor:
+    """(C, *padded) mean logits over the windows covering each voxel.
+
+    ``run(i, boxes)`` returns the logits of the i-th batch of windows (the full network, or only its
+    decoder on cached encoder features); frozen dropout layers see the batch's origins through the grid.
+    """
+    dropouts = consistent_dropout_modules(model)
+    grid = volume.grid
     total: torch.Tensor | None = None
-    count = torch.zeros(grid.volume_shape, device=x.device)
+    count = torch.zeros(grid.volume_shape, device=volume.x.device)
     for module in dropouts:
         module.grid = grid
     try:
-        for i in range(0, len(windows), batch):
+        for index, start in enumerate(range(0, len(volume.windows), batch)):
             check_stop(should_stop, "sliding-window inference")
-            chunk = windows[i: i + batch]
+            chunk = volume.windows[start: start + batch]
             grid.offsets = [tuple(o) for o in chunk]  # type: ignore[misc]
-            boxes = [tuple(slice(o, o + r) for o, r in zip(origin, grid.roi, strict=True)) for origin in chunk]
-            out = model(torch.cat([x[(slice(None), slice(None), *box)] for box in boxes]))
+            boxes = volume.boxes(chunk)
+            out = run(index, boxes)
             if total is None:
-                total = torch.zeros((out.shape[1], *grid.volume_shape), device=x.device)
+                total = torch.zeros((out.shape[1], *grid.volume_shape), device=volume.x.device)
             for box, window_logits in zip(boxes, out, strict=True):
                 total[(slice(None), *box)] += window_logits.float()
                 count[box] += 1
     finally:
         for module in dropouts:
             module.grid = None
-        if hook is not None:
-            hook.remove()
     assert total is not None
-    if embedding is not None:
-        embedding.append(torch.stack(pooled).sum(dim=0) / len(windows))
     return total / count
 
 

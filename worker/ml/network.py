@@ -23,9 +23,11 @@ __all__ = [
     "bottleneck_module",
     "build_unet",
     "consistent_dropout_modules",
+    "decoder_only_dropout",
     "dropout_modules",
     "mc_dropout_mode",
     "preserve_modes",
+    "unet_parts",
 ]
 
 # MONAI's norm argument: a name ("instance", "batch") or (name, kwargs), e.g. ("instance", {"affine": True}).
@@ -253,6 +255,25 @@ def bottleneck_module(model: nn.Module) -> nn.Module:
     """The innermost block of a MONAI UNet (the bottleneck), whose output embeds a case (core-set selection)."""
     assert isinstance(model, UNet)
     return _encoder_decoder_parts(model)[0][-1]
+
+
+def unet_parts(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]] | None:
+    """(encoder blocks down0..down{L-1} + bottleneck, decoder blocks up0..up{L-1}) of a MONAI UNet, else None."""
+    if not isinstance(model, UNet):
+        return None
+    return _encoder_decoder_parts(model)
+
+
+def decoder_only_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` is a MONAI UNet whose encoder (bottleneck included) is deterministic, so the encoder can
+    run once per volume and only the decoder once per MC pass (:mod:`worker.ml.cached`)."""
+    parts = unet_parts(model)
+    if parts is None:
+        return False
+    encoder, decoder = parts
+    in_encoder = [m for part in encoder for m in part.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
+                  or (isinstance(m, ConsistentDropout) and m.p > 0)]
+    return not in_encoder and any(isinstance(m, ConsistentDropout) for part in decoder for m in part.modules())
 
 
 def dropout_modules(model: nn.Module) -> list[nn.Module]:
