@@ -22,6 +22,8 @@ from app.core.errors import install_handlers, problem, problem_responses
 from app.core.logging import keep_identifiers_out_of_library_output
 from app.core.storage import get_blob_store
 from app.cycles.router import router as cycles_router
+from app.metrics.router import router as metrics_router
+from app.metrics.service import get_metrics
 from app.monailabel.router import router as monailabel_router
 from app.projects.router import router as projects_router
 from app.queue.router import router as queue_router
@@ -37,9 +39,10 @@ def create_app() -> FastAPI:
     app = FastAPIOffline(title="NextCase", version="0.1.0",
                          description="Decides which 3D image an annotator should label next.")
     install_handlers(app)
+    get_metrics(app.state)
     keep_identifiers_out_of_library_output()
     for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, campaign_router,
-                   monailabel_router):
+                   monailabel_router, metrics_router):
         app.include_router(router)
     _document_size_checks(app)
     app.add_middleware(AuthenticateUploadsFirst)  # inside _limit_and_log: the 401 is logged too
@@ -87,10 +90,13 @@ async def _limit_and_log(request: Request, call_next: Callable[[Request], Awaita
     start = time.perf_counter()
     response = await call_next(request)
     # Reads that succeed are the polls (cycle status, queue, Slicer's train status): DEBUG, or they drown the rest.
+    seconds = time.perf_counter() - start
+    route = getattr(request.scope.get("route"), "path", None)
+    get_metrics(request.app.state).observe(request.method, route, response.status_code, seconds)
     quiet = request.method in ("GET", "HEAD") and response.status_code < 400
     log.log(logging.DEBUG if quiet else logging.INFO, "request", extra={
         "method": request.method, "route": _route(request), "status": response.status_code,
-        "ms": round((time.perf_counter() - start) * 1000, 1), "user_id": getattr(request.state, "user_id", None),
+        "ms": round(seconds * 1000, 1), "user_id": getattr(request.state, "user_id", None),
     })
     return response
 

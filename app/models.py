@@ -333,3 +333,11 @@ class LabelEffort(Base):
     voxels_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     computed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class WorkerHeartbeat(Base):
+    """When each Celery worker last reported itself alive (for /metrics; the container check uses a file)."""
+
+    __tablename__ = "worker_heartbeats"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)

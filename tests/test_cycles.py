@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app.cases.imaging import read_nifti
@@ -82,6 +83,14 @@ def test_cycle_trains_evaluates_scores_and_publishes(
     assert cycle["status"] == "done", cycle["error"]
     assert cycle["progress"]["step"] == cycle["progress"]["steps"] > 0 and cycle["progress"]["scored"] == 3
     assert set(cycle["timings"]) == {"train", "evaluate", "score", "publish"}
+    scraped = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(
+        client.get("/metrics", headers=admin.headers).text) for s in family.samples}
+    pid = str(cube_project["id"])
+    assert scraped[("nextcase_cycle_phase_seconds", (("phase", "score"), ("project_id", pid)))] == pytest.approx(
+        cycle["timings"]["score"])
+    assert scraped[("nextcase_cycles", (("project_id", pid), ("status", "done")))] == 1
+    rates = [v for (name, _), v in scraped.items() if name == "nextcase_scoring_cases_per_second"]
+    assert len(rates) == 1 and rates[0] > 0
     assert set(cycle["metrics"]["per_class"]) == {"background", "cube"}
     assert cycle["metrics"]["validation_cases"] == 2
 

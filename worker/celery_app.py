@@ -20,7 +20,7 @@ from celery.signals import worker_process_init
 
 from app.core import db
 from app.core.config import get_settings
-from worker.liveness import LivenessFile
+from worker.liveness import DatabaseHeartbeat, LivenessFile
 
 GPU_QUEUE = "gpu"
 
@@ -53,6 +53,7 @@ def create_celery() -> Celery:
         worker_send_task_events=False,
     )
     app.steps["consumer"].add(LivenessFile)
+    app.steps["consumer"].add(DatabaseHeartbeat)
     return app
 
 

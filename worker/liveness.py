@@ -13,12 +13,15 @@ does not stall it, while a wedged or killed main process stops the touches.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from celery import bootsteps
 
 from app.core.config import get_settings
+
+log = logging.getLogger("nextcase.worker")
 
 TOUCH_INTERVAL_S = 10.0  # the health check's bound (one minute) covers several missed touches
 
@@ -50,3 +53,39 @@ class LivenessFile(bootsteps.StartStopStep):
     def _touch(self) -> None:
         if self.path is not None:
             self.path.touch()
+
+
+class DatabaseHeartbeat(bootsteps.StartStopStep):
+    """Records the worker's name and time in ``worker_heartbeats`` every NEXTCASE_WORKER_HEARTBEAT_INTERVAL_S,
+    for /metrics (nextcase_worker_heartbeat_timestamp_seconds): operators see a worker that stopped reporting.
+
+    Like :class:`LivenessFile`, a consumer step ticking in the worker's main process.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.name = str(getattr(parent, "hostname", "worker"))
+        self.timer_entry: Any = None
+
+    def start(self, parent: Any) -> None:
+        self._beat()
+        self.timer_entry = parent.timer.call_repeatedly(get_settings().worker_heartbeat_interval_s, self._beat)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+    shutdown = stop
+
+    def _beat(self) -> None:
+        from app.core import db
+        from app.cycles.service import record_worker_heartbeat
+
+        try:
+            with db.session_scope() as session:
+                record_worker_heartbeat(session, self.name)
+        except Exception:  # the database may be down for a moment: the next beat retries
+            log.warning("worker heartbeat not recorded", exc_info=True)

@@ -129,9 +129,13 @@ def _enter(cycle_id: int, phase: str) -> bool:
             return False
         if cycle.status == "queued":
             cycle.status, cycle.started_at = "running", utcnow()
-        cycle.phase, cycle.worker = phase, f"{socket.gethostname()}:{os.getpid()}"
+        cycle.phase, cycle.worker = phase, _worker_name()
         cycle.heartbeat_at = utcnow()
         return True
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _mark_finished(cycle: Cycle, status: str, error: str | None) -> None:
@@ -319,6 +323,7 @@ def score(cycle_id: int, store: BlobStore) -> None:
             Case.deleted_at.is_(None)).order_by(Case.id)))
     model, meta = _load_model(store, cycle)
     should_stop = _cancel_checker(cycle_id)
+    started = time.perf_counter()
     # Encoding and storing a case's prediction and map runs beside the next case's scoring, not before it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cycle-{cycle_id}-writer") as writer:
         pending: list[Future[None]] = []
@@ -331,7 +336,8 @@ def score(cycle_id: int, store: BlobStore) -> None:
             _raise_failed_writes(pending)
         for future in pending:
             future.result()
-    _progress(cycle_id, scored=len(cases), total=len(cases))
+    rate = len(cases) / max(time.perf_counter() - started, 1e-9)
+    _progress(cycle_id, scored=len(cases), total=len(cases), scored_per_s=round(rate, 4), score_worker=_worker_name())
 
 
 def _raise_failed_writes(pending: list[Future[None]]) -> None:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # A running worker touches this file every few seconds; the worker container's health check
     # reads its age (worker/liveness.py). Unset: no file is written.
     worker_liveness_file: Path | None = None
+    # A bearer token that may read /metrics and nothing else (give it to Prometheus instead of an admin's token);
+    # empty: /metrics needs an admin's token.
+    metrics_token: SecretStr = SecretStr("")
+    # How often a worker records its heartbeat in the database (nextcase_worker_heartbeat_timestamp_seconds).
+    worker_heartbeat_interval_s: float = Field(default=30, gt=0)
     # The control arm of a new project: the probability that a claim is served from a seeded random order
     # instead of the ranking (admins change it per project with PATCH /projects/{id}; 0 turns it off).
     control_fraction: float = Field(default=0.1, ge=0, le=1)

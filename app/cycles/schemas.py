@@ -26,6 +26,9 @@ class CycleCreate(BaseModel):
     strides: list[int] | None = None
     samples_per_volume: int | None = Field(None, ge=1, le=64)
     sw_overlap: float | None = Field(None, ge=0, lt=1)
+    score_whole_volume_voxels: int | None = Field(None, ge=0, description=(
+        "decoder-only dropout: score cases whose padded volume has at most this many voxels in one whole-volume "
+        "window instead of overlapping sliding windows (0: always sliding windows)"))
     query_size: int | None = Field(None, ge=1, le=10_000)
     temperature: float | None = Field(None, ge=0, le=100)
     temperature_decay: float | None = Field(None, ge=0, le=10)

@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,12 +14,24 @@ from app.audit import service as audit
 from app.core.config import get_settings
 from app.core.errors import Conflict, DomainError, InvalidRequest, NotFound
 from app.cycles.schemas import CycleCreate
-from app.models import ACTIVE_CYCLE_STATES, Case, CaseScore, Cycle, Lease, ModelVersion, Project, User, utcnow
+from app.models import (
+    ACTIVE_CYCLE_STATES,
+    Case,
+    CaseScore,
+    Cycle,
+    Lease,
+    ModelVersion,
+    Project,
+    User,
+    WorkerHeartbeat,
+    utcnow,
+)
 
 log = logging.getLogger("nextcase.cycles")
 TRAINING_FIELDS = ("steps", "epochs", "learning_rate", "lr_schedule", "augment", "flip_axes", "val_every",
                    "batch_size", "patch_size", "mc_passes", "dropout", "dropout_position", "channels", "strides",
-                   "samples_per_volume", "sw_overlap", "query_size", "temperature", "temperature_decay", "seed")
+                   "samples_per_volume", "sw_overlap", "score_whole_volume_voxels",
+                   "query_size", "temperature", "temperature_decay", "seed")
 
 
 class BrokerUnavailable(DomainError):
@@ -200,3 +212,33 @@ def latest_case_output(session: Session, case_id: int, kind: str) -> str:
         raise NotFound(f"case {case_id} has no {kind} yet: it is made when a cycle scores the case "
                        "(unlabelled pool cases)", field="case_id")
     return key
+
+
+def operator_figures(session: Session) -> dict[str, dict[tuple[str, ...], float]]:
+    """Figures for /metrics: cycles per project and status, the last finished cycle's phase durations per
+    project, the last scoring rate of each worker, and each worker's last heartbeat (Unix seconds)."""
+    cycles: dict[tuple[str, ...], float] = {}
+    for project_id, status, count in session.execute(
+            select(Cycle.project_id, Cycle.status, func.count()).group_by(Cycle.project_id, Cycle.status)):
+        cycles[(str(project_id), status)] = float(count)
+    phases: dict[tuple[str, ...], float] = {}
+    rates: dict[tuple[str, ...], float] = {}
+    finished = select(Cycle).where(Cycle.finished_at.is_not(None)).order_by(Cycle.finished_at.desc()).limit(200)
+    for cycle in session.scalars(finished):
+        for phase, seconds in cycle.timings.items():
+            phases.setdefault((str(cycle.project_id), phase), float(seconds))
+        rate, worker = cycle.progress.get("scored_per_s"), cycle.progress.get("score_worker")
+        if rate is not None and worker:
+            rates.setdefault((str(worker),), float(rate))
+    beats: dict[tuple[str, ...], float] = {(row.name,): row.last_seen.replace(tzinfo=dt.UTC).timestamp()
+             for row in session.scalars(select(WorkerHeartbeat))}
+    return {"cycles": cycles, "phase_seconds": phases, "scoring_rate": rates, "heartbeats": beats}
+
+
+def record_worker_heartbeat(session: Session, name: str) -> None:
+    """Upsert a worker's heartbeat (one row per worker name)."""
+    row = session.get(WorkerHeartbeat, name)
+    if row is None:
+        session.add(WorkerHeartbeat(name=name, last_seen=utcnow()))
+    else:
+        row.last_seen = utcnow()

@@ -67,3 +67,7 @@ def set_annotators_can_upload_cases(session: Session, project: Project, allowed:
         audit.record(session, "project.settings", user_id=user.id, project_id=project.id,
                      annotators_can_upload_cases=allowed)
     return project
+
+
+def project_ids(session: Session) -> list[int]:
+    return list(session.scalars(select(Project.id).order_by(Project.id)))

@@ -296,3 +296,8 @@ def require_reason(reason: str | None) -> str:
     if reason is None or not reason.strip():
         raise InvalidRequest("a skip needs a reason", field="reason")
     return reason.strip()
+
+
+def pool_counts(session: Session, project_id: int) -> dict[str, int]:
+    """Pool cases of a project by queue state: open, leased, labelled, excluded."""
+    return repo.count_pool(session, project_id, utcnow())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -88,3 +89,16 @@ def test_score_case_runs_the_encoder_once_and_the_decoder_once_per_pass() -> Non
 
     reference = mc_dropout_statistics(model, image, params, "cpu")  # no cache: T full passes
     assert result.score == pytest.approx(float(reference.moments.variance.mean(dim=0).sum()), rel=1e-5)
+
+
+def test_whole_volume_scoring_is_one_window_and_equals_a_full_pass_over_the_volume() -> None:
+    model, params = _model()
+    image = _image()  # (20, 28, 24): already a multiple of the down-sampling, so no padding
+    whole = replace(params, score_whole_volume_voxels=20 * 28 * 24)
+    encoded = _encoded(model, image, whole)
+    assert encoded.volume.windows == [(0, 0, 0)] and encoded.volume.grid.roi == (20, 28, 24)
+    cached = mc_dropout_statistics(model, image, whole, "cpu", encoded=encoded)
+    reference = mc_dropout_statistics(model, image, replace(params, patch_size=(20, 28, 24)), "cpu")
+    torch.testing.assert_close(cached.moments.variance, reference.moments.variance, rtol=0, atol=1e-6)
+    assert _encoded(model, image, replace(whole, score_whole_volume_voxels=20 * 28 * 24 - 1)).volume.windows != [
+        (0, 0, 0)]

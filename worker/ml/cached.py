@@ -71,7 +71,7 @@ def encode_volume(
     the encoder of a decoder-only-dropout network has none active).
     """
     encoder, _ = _parts(model)
-    volume = pad_volume(image_norm, params, next(model.parameters()).device)
+    volume = pad_volume(image_norm, params, next(model.parameters()).device, params.score_whole_volume_voxels)
     skips: list[list[torch.Tensor]] = []
     bottoms: list[torch.Tensor] = []
     for start in range(0, len(volume.windows), params.sw_batch_size):

@@ -80,9 +80,12 @@ class PaddedVolume:
         return [tuple(slice(o, o + r) for o, r in zip(origin, self.grid.roi, strict=True)) for origin in chunk]
 
 
-def pad_volume(image_norm: np.ndarray, params: TrainParams, device: torch.device | str) -> PaddedVolume:
+def pad_volume(
+    image_norm: np.ndarray, params: TrainParams, device: torch.device | str, whole_volume_voxels: int = 0
+) -> PaddedVolume:
     """Pad a volume with its minimum (as in training) to at least the ROI and to a multiple of the UNet's
-    down-sampling, and place the windows on that lattice (see :func:`window_starts`)."""
+    down-sampling, and place the windows on that lattice (see :func:`window_starts`); a padded volume of at
+    most ``whole_volume_voxels`` voxels gets one window, the whole volume."""
     if image_norm.ndim != 3:
         raise ValueError(f"image_norm must be 3D (D, H, W), got shape {image_norm.shape}")
     roi = tuple(int(r) for r in params.patch_size)
@@ -94,6 +97,8 @@ def pad_volume(image_norm: np.ndarray, params: TrainParams, device: torch.device
         widths = [(p // 2, p - p // 2) for p in pads]
         image = np.pad(image, widths, mode="constant", constant_values=float(image.min()))
     x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
+    if 0 < math.prod(target) <= whole_volume_voxels:
+        roi = target
     windows = list(itertools.product(*(window_starts(t, r, params.sw_overlap, align)
                                        for t, r in zip(target, roi, strict=True))))
     crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, image_norm.shape, strict=True))

@@ -48,6 +48,11 @@ class TrainParams:
         foreground_ratio: probability that a patch is centred on a foreground voxel.
         sw_overlap: sliding-window overlap fraction in [0, 1).
         sw_batch_size: windows per network call during sliding-window inference.
+        score_whole_volume_voxels: a decoder-only-dropout network scores a case whose padded volume has at most
+            this many voxels in one window covering the whole volume (no overlapping windows computed twice; one
+            dropout mask per pass for every voxel trivially); 0 keeps sliding windows. Normalisation statistics
+            then come from the whole volume rather than from ROI-sized windows, so scores and predictions differ
+            a little from sliding-window ones: compare before turning it on (benchmarks/scoring_engine.py).
         query_size: cases an annotation round is expected to take; batch-aware strategies (core-set)
             spread their first ``query_size`` picks.
         temperature: initial temperature of stochastic (power / Gumbel) selection; 0 is greedy top-k.
@@ -75,6 +80,7 @@ class TrainParams:
     foreground_ratio: float = 0.67
     sw_overlap: float = 0.25
     sw_batch_size: int = 1
+    score_whole_volume_voxels: int = 0
     query_size: int = 10
     temperature: float = 1.0
     temperature_decay: float = 0.5
@@ -104,6 +110,8 @@ class TrainParams:
         _require_unit_interval("dropout", self.dropout, include_one=False)
         _require_unit_interval("foreground_ratio", self.foreground_ratio, include_one=True)
         _require_unit_interval("sw_overlap", self.sw_overlap, include_one=False)
+        if self.score_whole_volume_voxels < 0:
+            raise ValueError(f"score_whole_volume_voxels must be >= 0, got {self.score_whole_volume_voxels}")
         if self.dropout_position not in DROPOUT_POSITIONS:
             options = ", ".join(DROPOUT_POSITIONS)
             raise ValueError(f"dropout_position must be one of {options}, got {self.dropout_position!r}")

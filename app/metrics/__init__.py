@@ -1,0 +1,1 @@
+"""Prometheus metrics for operators (GET /metrics)."""

@@ -1,0 +1,161 @@
+"""Scoring engine: NextCase vs a naive MONAI-Label-style loop vs T full passes, time and peak memory.
+
+    .venv/bin/python -m benchmarks.scoring_engine              # T = 5 and 10, one 128^3 openkbp-ct5 case
+
+One real 128^3 CT (../shared/data/openkbp-ct5; a seeded random volume of that size when absent), the
+default network (channels 16-128, 96^3 windows, 25 % overlap) with decoder-only dropout p = 0.5 and random
+weights (timing and memory do not depend on training). Each variant produces what the score phase needs:
+the MC-dropout variance score and the deterministic prediction served to annotators.
+
+- ``nextcase``: :func:`worker.ml.scoring.score_case` (encoder once, decoder T + 1 times, running sums).
+- ``full passes``: the same statistics from T full sliding-window passes plus one eval pass for the
+  prediction (NextCase's engine before the encoder cache).
+- ``nextcase, whole volume``: the same with ``score_whole_volume_voxels`` = 128^3 (one window: no voxel
+  computed twice by overlapping windows; its score differs a little, see the docstring of that parameter).
+- ``naive``: T separate ``monai.inferers.sliding_window_inference`` calls with dropout in train mode, all T
+  outputs held and stacked, plus one eval pass (the shape of MONAI Label's epistemic scoring).
+
+Each variant runs in its own fresh process, so its peak resident memory (ru_maxrss, minus the process's
+resident size before it started) is its own. Each variant runs ``--repeats`` times, interleaved with the
+others, and its fastest run counts (this machine is shared: the minimum is the least disturbed run). Prints
+seconds and MiB and the ratios; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp-ct5"
+SIZE = 128
+
+
+def _volume() -> tuple[np.ndarray, str]:
+    from worker.ml.transforms import normalise
+
+    if (DATA / "dataset.json").exists():
+        entry = json.loads((DATA / "dataset.json").read_text())["training"][0]
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / entry["image"]))).astype(np.float32)
+        source = f"openkbp-ct5 {entry['image']}"
+    else:
+        image = np.random.default_rng(0).normal(0, 300, (SIZE,) * 3).astype(np.float32)
+        source = "random volume (../shared/data/openkbp-ct5 absent)"
+    crop = tuple(slice(max(0, (n - SIZE) // 2), max(0, (n - SIZE) // 2) + SIZE) for n in image.shape)
+    return normalise(image[crop], "CT"), source
+
+
+def _setup(passes: int) -> tuple[Any, np.ndarray, Any]:
+    from worker.ml.network import build_unet
+    from worker.ml.params import TrainParams
+
+    params = TrainParams(mc_passes=passes, dropout_position="decoder")
+    torch.manual_seed(0)
+    model = build_unet(6, params)
+    image, _ = _volume()
+    return model, image, params
+
+
+def _nextcase(model: Any, image: np.ndarray, params: Any) -> float:
+    from worker.ml.scoring import score_case
+
+    return score_case(model, image, "mc_dropout_variance", params, case_key=0, device="cpu").score
+
+
+def _full_passes(model: Any, image: np.ndarray, params: Any) -> float:
+    from worker.ml.inference import predict_labels
+    from worker.ml.scoring import mc_dropout_statistics
+
+    stats = mc_dropout_statistics(model, image, params, "cpu")  # no encoder cache: T full passes
+    predict_labels(model, image, params, "cpu")
+    return float(stats.moments.variance.mean(dim=0).sum())
+
+
+def _naive(model: Any, image: np.ndarray, params: Any) -> float:
+    from monai.inferers import sliding_window_inference
+
+    from worker.ml.inference import predict_labels
+    from worker.ml.network import mc_dropout_mode
+
+    x = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    outputs = []
+    with mc_dropout_mode(model), torch.inference_mode():
+        for _ in range(params.mc_passes):
+            logits = sliding_window_inference(x, params.patch_size, params.sw_batch_size, model,
+                                              overlap=params.sw_overlap)
+            outputs.append(torch.softmax(logits, dim=1)[0])
+    stacked = torch.stack(outputs)
+    predict_labels(model, image, params, "cpu")
+    return float(stacked.var(dim=0, unbiased=False).mean(dim=0).sum())
+
+
+def _nextcase_whole(model: Any, image: np.ndarray, params: Any) -> float:
+    from dataclasses import replace
+
+    return _nextcase(model, image, replace(params, score_whole_volume_voxels=SIZE**3))
+
+
+VARIANTS = {"nextcase": _nextcase, "full passes": _full_passes, "naive": _naive,
+            "nextcase, whole volume": _nextcase_whole}
+
+
+def _run(name: str, passes: int, threads: int, out: Any) -> None:
+    torch.set_num_threads(threads)
+    model, image, params = _setup(passes)
+    before = _rss_mib()
+    start = time.perf_counter()
+    score = VARIANTS[name](model, image, params)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.send((seconds, max(0.0, peak - before), score))
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(name: str, passes: int, threads: int) -> tuple[float, float, float]:
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_run, args=(name, passes, threads, send))
+    process.start()
+    result: tuple[float, float, float] = receive.recv()
+    process.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--passes", default="5,10", help="comma-separated T values")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=2, help="runs per variant, interleaved; the fastest counts")
+    args = parser.parse_args()
+    _, source = _volume()
+    print(f"{SIZE}^3 case: {source}; default network, decoder-only dropout p=0.5; CPU, {args.threads} thread(s)")
+    for passes in (int(t) for t in args.passes.split(",")):
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
+        for _ in range(args.repeats):  # interleaved, so a burst of load elsewhere hits every variant alike
+            for name in VARIANTS:
+                runs[name].append(measure(name, passes, args.threads))
+        rows = {name: min(results) for name, results in runs.items()}
+        ours_s, ours_mib, ours_score = rows["nextcase"]
+        print(f"\nT = {passes}")
+        print(f"  {'variant':<24} {'seconds':>8} {'peak MiB':>9} {'x slower than nextcase':>23} {'score':>12}")
+        for name, (seconds, mib, score) in rows.items():
+            print(f"  {name:<24} {seconds:8.1f} {mib:9.0f} {seconds / ours_s:23.2f} {score:12.2f}")
+        same = abs(rows["full passes"][2] - ours_score) <= 1e-4 * max(1.0, abs(ours_score))
+        print(f"  nextcase score equals the full passes' score: {same}; "
+              f"memory ratio naive / nextcase: {rows['naive'][1] / max(ours_mib, 1.0):.2f}")
+
+
+if __name__ == "__main__":
+    main()
