@@ -134,3 +134,36 @@ def test_augmentation_keeps_image_and_label_aligned() -> None:
         bright = np.asarray(out["image"])[0] > 0.45
         inside = np.asarray(out["label"])[0] == 1
         assert (bright & inside).sum() > 0.6 * inside.sum()
+
+
+def test_a_resumed_run_continues_from_its_checkpoint_and_ends_where_an_uninterrupted_run_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    images, labels = zip(*(cube_case(seed=s) for s in range(2)), strict=True)
+    val_image, val_label = cube_case(seed=9)
+    params = tiny_params(steps=12, val_every=4)
+    common = {"val_images": [val_image], "val_labels": [val_label], "device": "cpu"}
+    whole = train_model(images, labels, 2, "MR", params, **common)
+
+    saved: list[train.TrainCheckpoint] = []
+    with pytest.raises(TrainingCancelled):  # killed after step 7, with checkpoints every step before that
+        train_model(images, labels, 2, "MR", params, checkpoint=saved.append, checkpoint_every_s=0.0,
+                    should_stop=lambda: len(saved) == 7, **common)
+    checkpoint = train.TrainCheckpoint.from_bytes(saved[-1].to_bytes())
+    assert checkpoint.step == 7 and checkpoint.history == [(4, whole.validation[0][1])]
+
+    steps_run: list[int] = []
+    monkeypatch.setattr(train, "_train_step", _counting(train._train_step, steps_run))
+    resumed = train_model(images, labels, 2, "MR", params, resume=checkpoint, **common)
+    assert resumed.resumed_from == 7 and len(steps_run) == 12 - 7
+    assert resumed.validation == whole.validation and resumed.best_step == whole.best_step
+    for name, value in whole.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[name], value)
+
+
+def _counting(step: object, calls: list[int]) -> object:
+    def counted(*args: object) -> float:
+        calls.append(1)
+        return step(*args)  # type: ignore[operator,no-any-return]
+
+    return counted

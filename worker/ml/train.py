@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +22,7 @@ from worker.ml.network import DEFAULT_NORM, NormSpec, build_unet
 from worker.ml.params import TrainParams
 from worker.ml.transforms import make_augmentation, normalise, sample_patches
 
-__all__ = ["TrainResult", "TrainingCancelled", "train_model"]
+__all__ = ["TrainCheckpoint", "TrainResult", "TrainingCancelled", "train_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class TrainResult:
         steps: optimiser steps run.
         best_step: the step whose weights were kept.
         validation: (step, mean foreground validation Dice) at each evaluation.
+        resumed_from: the checkpoint step this run continued from (0: it started at step 1).
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -48,6 +52,41 @@ class TrainResult:
     steps: int = 0
     best_step: int = 0
     validation: list[tuple[int, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+@dataclass
+class TrainCheckpoint:
+    """Everything a run needs to continue after ``step``: weights, optimiser and schedule state, the patch sampler's
+    random state, the losses so far and the best-validation bookkeeping. Plain tensors, dicts, lists and numbers,
+    so ``torch.load(..., weights_only=True)`` reads it back.
+
+    A resumed run draws the same patches as an uninterrupted one; MONAI's augmentation transforms keep their own
+    random state, which is not saved, so with ``augment`` the resumed run sees different augmentations.
+    """
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimiser: dict[str, Any]
+    scheduler: dict[str, Any]
+    sampler: dict[str, Any]
+    torch_rng: torch.Tensor
+    losses: list[float]
+    best_dice: float
+    best_step: int
+    best_state: dict[str, torch.Tensor] | None
+    history: list[tuple[int, float]]
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(dataclasses.asdict(self), buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TrainCheckpoint:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        payload["history"] = [tuple(h) for h in payload["history"]]
+        return cls(**payload)
 
 
 LOG_EVERY = 50
@@ -70,6 +109,9 @@ def train_model(
     norm: NormSpec = DEFAULT_NORM,
     val_images: Sequence[np.ndarray] = (),
     val_labels: Sequence[np.ndarray] = (),
+    resume: TrainCheckpoint | None = None,
+    checkpoint: Callable[[TrainCheckpoint], None] | None = None,
+    checkpoint_every_s: float = 60.0,
 ) -> TrainResult:
     """Train a UNet (see :func:`worker.ml.network.build_unet`) with DiceCE loss and Adam.
 
@@ -95,6 +137,10 @@ def train_model(
         norm: normalisation layer spec passed to :func:`build_unet`.
         val_images: raw validation images, for checkpoint selection.
         val_labels: their label maps.
+        resume: a checkpoint of this run (same data and params) to continue from instead of step 1.
+        checkpoint: called with a :class:`TrainCheckpoint` after a step once ``checkpoint_every_s`` seconds have
+            passed since the last one (never after the last step), so a killed run loses at most that much work.
+        checkpoint_every_s: see ``checkpoint``.
 
     Returns:
         :class:`TrainResult` with CPU weights, losses, the kept step and the validation history.
@@ -117,9 +163,13 @@ def train_model(
     keeper = _BestKeeper(model, val_images, val_labels, modality, params, dev, should_stop)
 
     losses: list[float] = []
+    first = 1
+    if resume is not None:
+        first = _restore(resume, model, optimiser, scheduler, rng, keeper, steps) + 1
+        losses = list(resume.losses)
     window: list[float] = []
-    reported = time.monotonic()
-    for step in range(1, steps + 1):
+    reported = saved = time.monotonic()
+    for step in range(first, steps + 1):
         if should_stop is not None and should_stop():
             raise TrainingCancelled(f"training cancelled at step {step} of {steps}")
         x, y = _batch(norm_images, int_labels, params, rng, augment)
@@ -139,12 +189,43 @@ def train_model(
                 keeper.check(step)
             except Cancelled as exc:
                 raise TrainingCancelled(f"training cancelled during the validation at step {step} of {steps}") from exc
+        if checkpoint is not None and step < steps and time.monotonic() - saved >= checkpoint_every_s:
+            checkpoint(_checkpoint(step, model, optimiser, scheduler, rng, keeper, losses))
+            saved = time.monotonic()
 
     seconds = time.perf_counter() - start
     logger.info("trained %d step(s) on %d case(s) in %.1f s; kept step %d", steps, len(norm_images), seconds,
                 keeper.best_step)
     return TrainResult(state_dict=keeper.state(), epoch_losses=losses, seconds=seconds, steps=steps,
-                       best_step=keeper.best_step, validation=keeper.history)
+                       best_step=keeper.best_step, validation=keeper.history, resumed_from=first - 1)
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _checkpoint(step: int, model: nn.Module, optimiser: torch.optim.Optimizer, scheduler: Any,
+                rng: np.random.Generator, keeper: _BestKeeper, losses: list[float]) -> TrainCheckpoint:
+    return TrainCheckpoint(
+        step=step, model=_cpu(model.state_dict()), optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict(),
+        sampler=dict(rng.bit_generator.state), torch_rng=torch.get_rng_state(), losses=list(losses),
+        best_dice=keeper.best_dice, best_step=keeper.best_step, best_state=keeper.best_state,
+        history=list(keeper.history))
+
+
+def _restore(ck: TrainCheckpoint, model: nn.Module, optimiser: torch.optim.Optimizer, scheduler: Any,
+             rng: np.random.Generator, keeper: _BestKeeper, steps: int) -> int:
+    if not 0 < ck.step < steps:
+        raise ValueError(f"checkpoint at step {ck.step} does not fit a run of {steps} steps")
+    model.load_state_dict(ck.model)
+    optimiser.load_state_dict(ck.optimiser)
+    scheduler.load_state_dict(ck.scheduler)
+    rng.bit_generator.state = ck.sampler
+    torch.set_rng_state(ck.torch_rng)
+    keeper.best_dice, keeper.best_step, keeper.best_state = ck.best_dice, ck.best_step, ck.best_state
+    keeper.history = list(ck.history)
+    logger.info("resuming training at step %d of %d", ck.step + 1, steps)
+    return ck.step
 
 
 def _schedule(kind: str, steps: int) -> Callable[[int], float]:
