@@ -195,8 +195,9 @@ class LabelVersion(Base):
     # A user id; no foreign key because SQLite cannot add one to an existing table (migration 0009_review).
     reviewed_by: Mapped[int | None] = mapped_column(Integer, default=None)
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
-    # A consensus version (author: the system user 'consensus'): the ids of the readers' versions it combines.
-    consensus_of: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    # A consensus version (author: the system user 'consensus'): {"method", "version_ids"} of the readers'
+    # versions it combines; null on a reader's own version.
+    consensus_of: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # The live review lease, on the version row so that one row lock guards a review claim (as cases.lease_id).
     review_lease_id: Mapped[int | None] = mapped_column(Integer, default=None)
     review_lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
