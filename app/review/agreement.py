@@ -7,6 +7,7 @@ consensus uses SimpleITK's multi-label STAPLE or label voting. Nothing here know
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,8 +47,13 @@ def pair_metrics(
     ya, yb = _one_hot(a, num_classes), _one_hot(b, num_classes)
     # Both metrics return a (batch, class) tensor for tensor inputs; the first row is this pair.
     dice = torch.as_tensor(DiceMetric(include_background=False, reduction="none", ignore_empty=False)(ya, yb))[0]
-    hd95 = torch.as_tensor(HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
-        ya, yb, spacing=[float(s) for s in spacing_zyx]))[0]
+    with warnings.catch_warnings():
+        # A class absent from a mask is expected here (it becomes null below); MONAI warns about each, and about
+        # its own deprecated argument that it passes itself.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        hd95 = torch.as_tensor(HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
+            ya, yb, spacing=[float(s) for s in spacing_zyx]))[0]
     present_a = [bool((a == c).any()) for c in range(1, num_classes)]
     present_b = [bool((b == c).any()) for c in range(1, num_classes)]
     dices = [None if not (pa or pb) else _finite(float(d))
