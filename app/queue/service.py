@@ -126,8 +126,11 @@ def claim_next(session: Session, project: Project, user: User) -> Claim | None:
         return None
     project.claim_count = number
     case, entry = picked.case, picked.entry
-    _end_stale_lease(session, case, now)
-    lease = _grant(session, case, user, ranking.id, now, arm=_arm(picked.tier, ranking), claim_seq=number,
+    # The lease starts when the case row is locked, not when the claim began: the pick may have waited for
+    # the previous holder's release to commit, and a start before that release would overlap it on record.
+    granted = utcnow()
+    _end_stale_lease(session, case, granted)
+    lease = _grant(session, case, user, ranking.id, granted, arm=_arm(picked.tier, ranking), claim_seq=number,
                    **_served_prediction(session, ranking, case.id))
     return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking, picked.tier)
 
