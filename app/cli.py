@@ -27,6 +27,7 @@ cli = typer.Typer(help="NextCase: which 3D image should be annotated next.", no_
 class Role(StrEnum):
     admin = "admin"
     annotator = "annotator"
+    reviewer = "reviewer"
 
 
 class Pool(StrEnum):

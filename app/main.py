@@ -27,6 +27,7 @@ from app.metrics.service import get_metrics
 from app.monailabel.router import router as monailabel_router
 from app.projects.router import router as projects_router
 from app.queue.router import router as queue_router
+from app.review.router import router as review_router
 
 log = logging.getLogger("nextcase.http")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -42,7 +43,7 @@ def create_app() -> FastAPI:
     get_metrics(app.state)
     keep_identifiers_out_of_library_output()
     for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, campaign_router,
-                   monailabel_router, metrics_router):
+                   monailabel_router, review_router, metrics_router):
         app.include_router(router)
     _document_size_checks(app)
     app.add_middleware(AuthenticateUploadsFirst)  # inside _limit_and_log: the 401 is logged too

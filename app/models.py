@@ -106,6 +106,11 @@ class Project(Base):
     control_fraction: Mapped[float] = mapped_column(Float, default=0.1)
     control_seed: Mapped[int] = mapped_column(Integer, default=random_seed)
     claim_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Review and several readers (app.review): which label versions count as labelled (submitted | approved),
+    # how many distinct annotators read each case, and how their readings are combined (staple | majority_vote).
+    train_on: Mapped[str] = mapped_column(String(16), default="submitted")
+    readers_per_case: Mapped[int] = mapped_column(Integer, default=1)
+    consensus_method: Mapped[str] = mapped_column(String(16), default="staple")
 
 
 class Patient(Base):
@@ -168,9 +173,15 @@ class ImageAlias(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+REVIEW_STATES = ("submitted", "approved", "changes_requested")
+
+
 class LabelVersion(Base):
     __tablename__ = "label_versions"
-    __table_args__ = (UniqueConstraint("case_id", "version", name="uq_label_versions_case_version"),)
+    __table_args__ = (
+        UniqueConstraint("case_id", "version", name="uq_label_versions_case_version"),
+        Index("ix_label_versions_review_state_created", "review_state", "created_at"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
     version: Mapped[int] = mapped_column(Integer)
@@ -178,6 +189,18 @@ class LabelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     blob_key: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # submitted (on upload) -> approved | changes_requested, by a reviewer other than the author (app.review).
+    review_state: Mapped[str] = mapped_column(String(20), default="submitted", server_default="submitted")
+    review_comment: Mapped[str | None] = mapped_column(Text, default=None)
+    # A user id; no foreign key because SQLite cannot add one to an existing table (migration 0009_review).
+    reviewed_by: Mapped[int | None] = mapped_column(Integer, default=None)
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # A consensus version (author: the system user 'consensus'): {"method", "version_ids"} of the readers'
+    # versions it combines; null on a reader's own version.
+    consensus_of: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The live review lease, on the version row so that one row lock guards a review claim (as cases.lease_id).
+    review_lease_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    review_lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class AuditEvent(Base):
@@ -341,3 +364,37 @@ class WorkerHeartbeat(Base):
     __tablename__ = "worker_heartbeats"
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ReviewLease(Base):
+    """History of review claims; the live one is also referenced from ``label_versions.review_lease_id``."""
+
+    __tablename__ = "review_leases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    label_version_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    ended_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    end_reason: Mapped[str | None] = mapped_column(String(16), default=None)  # reviewed | released | expired
+
+
+class ReaderAgreement(Base):
+    """Agreement of two readers of one case, computed with the consensus version that combined their readings.
+
+    Dice and the 95th-percentile Hausdorff distance (mm) are keyed by class name (background left out); null
+    where a class is absent from one or both masks.
+    """
+
+    __tablename__ = "reader_agreements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    consensus_version_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    version_a_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id"))
+    version_b_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id"))
+    author_a_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    author_b_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    dice: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hd95: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

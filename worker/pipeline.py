@@ -27,8 +27,9 @@ from sqlalchemy import delete, func, select, update
 from app.core import db
 from app.core.config import get_settings
 from app.core.storage import BlobStore, get_blob_store
-from app.models import Case, CaseScore, Cycle, LabelVersion, ModelVersion, Project, utcnow
+from app.models import Case, CaseScore, Cycle, ModelVersion, Project, utcnow
 from app.queue.service import publish_ranking
+from app.review import service as review
 from worker.data import encode_map_on_case_grid, encode_on_case_grid, load_array
 from worker.ml.cancel import Cancelled
 
@@ -186,19 +187,13 @@ def _context(cycle_id: int) -> tuple[Cycle, Project]:
         return cycle, project
 
 
-def _labelled(session: Any, project_id: int, split: str) -> list[tuple[Case, str]]:
-    latest = (
-        select(LabelVersion.case_id, func.max(LabelVersion.version).label("v"))
-        .group_by(LabelVersion.case_id).subquery()
-    )
-    rows = session.execute(
-        select(Case, LabelVersion.blob_key)
-        .join(latest, latest.c.case_id == Case.id)
-        .join(LabelVersion, (LabelVersion.case_id == Case.id) & (LabelVersion.version == latest.c.v))
-        .where(Case.project_id == project_id, Case.split == split, Case.deleted_at.is_(None))
-        .order_by(Case.id)
-    )
-    return [(case, key) for case, key in rows]
+def _labelled(session: Any, store: BlobStore, project: Project, split: str) -> list[tuple[Case, str]]:
+    """(case, label blob key) per case of the split whose label counts (project settings train_on, readers_per_case).
+
+    The review domain decides: the newest counted version, or the consensus of several readers (stored now if
+    a settings change left it missing).
+    """
+    return review.training_labels(session, store, project, split)
 
 
 def _arrays(store: BlobStore, pairs: list[tuple[Case, str]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -223,8 +218,8 @@ def train(cycle_id: int, store: BlobStore) -> None:
     cycle, project = _context(cycle_id)
     params = _params(cycle)
     with db.session_scope() as session:
-        pairs = _labelled(session, project.id, "pool")
-        validation = _labelled(session, project.id, "validation")
+        pairs = _labelled(session, store, project, "pool")
+        validation = _labelled(session, store, project, "validation")
         init_state = _warm_start_state(session, store, project.id) if cycle.warm_start else None
     if not pairs:
         raise CycleError("no labelled case in the pool split: label at least one case before training")
@@ -293,7 +288,7 @@ def _dice_on(
     from worker.ml.inference import evaluate as evaluate_model
 
     with db.session_scope() as session:
-        pairs = _labelled(session, project.id, split)
+        pairs = _labelled(session, store, project, split)
     if not pairs:
         return {"cases": 0, "per_class": {}, "mean_dice": None, "note": f"no labelled case in the {split} split"}
     images, labels = _arrays(store, pairs)

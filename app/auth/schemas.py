@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class UserCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
-    role: Literal["admin", "annotator"]
+    role: Literal["admin", "annotator", "reviewer"]
 
 
 class UserPublic(BaseModel):

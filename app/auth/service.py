@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from app.models import ApiToken, User, utcnow
 
-ROLES = ("admin", "annotator")
+# reviewer: approves label versions or sends them back (admins review too); otherwise as an annotator.
+ROLES = ("admin", "annotator", "reviewer")
 # Accounts that act for NextCase itself (the bulk importer): they author rows, but cannot log in,
 # hold no token and are not admins.
 SYSTEM_ROLE = "system"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 
 # "uploaded": a case the annotator uploaded from 3D Slicer to label it, leased to them without a queue draw.
-ARMS = ("pinned", "ranked", "control", "cold_start", "unranked", "skipped", "uploaded")
+ARMS = ("pinned", "ranked", "control", "cold_start", "unranked", "skipped", "uploaded", "returned")
 
 
 def uniform(seed: int, claim: int, purpose: str) -> float:

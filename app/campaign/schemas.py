@@ -8,7 +8,8 @@ ARM_MEANING = (
     "how the claim was served: pinned (an admin pinned the case), ranked (the model's ranking), control (a "
     "uniform random draw from the open cases, with probability control_fraction), cold_start (the seeded random "
     "order used before any model exists: no pre-segmentation), unranked (the case arrived after the ranking was "
-    "published), skipped (a case this annotator had skipped before), no_lease (uploaded without a live lease of "
+    "published), skipped (a case this annotator had skipped before), returned (a reviewer sent the annotator's "
+    "reading back for changes), no_lease (uploaded without a live lease of "
     "its author, so no served prediction is known), unrecorded (claimed before arms were recorded)")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import Case, LabelVersion, Patient, User
+from app.models import Case, LabelVersion, Patient
 
 
 def get_case(session: Session, case_id: int, *, for_update: bool = False) -> Case | None:
@@ -56,16 +56,6 @@ def list_cases(
     total = session.scalar(select(func.count()).select_from(Case).where(*where)) or 0
     items = session.scalars(select(Case).where(*where).order_by(Case.id).limit(limit).offset(offset))
     return list(items), int(total)
-
-
-def label_versions(session: Session, case_id: int) -> list[tuple[LabelVersion, str]]:
-    rows = session.execute(
-        select(LabelVersion, User.name)
-        .join(User, User.id == LabelVersion.author_id)
-        .where(LabelVersion.case_id == case_id)
-        .order_by(LabelVersion.version)
-    )
-    return [(lv, name) for lv, name in rows]
 
 
 def label_version(session: Session, case_id: int, version: int | None) -> LabelVersion | None:

@@ -103,9 +103,7 @@ def upload_label(
     if (effort_id := campaign.after_label_upload(session, stored)) is not None:
         # Runs once this request's transaction has committed and its response is sent (see app.campaign).
         background.add_task(campaign.compute_effort, effort_id)
-    lv = stored.version
-    return LabelVersionPublic(id=lv.id, case_id=lv.case_id, version=lv.version, author=user.name,
-                              sha256=lv.sha256, created_at=lv.created_at)
+    return service.version_public(session, stored.version)
 
 
 @router.get("/cases/{case_id}/label", response_class=Response)

@@ -3,10 +3,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 Split = Literal["pool", "validation", "test"]  # test: never queued, never trained on, evaluated each cycle
-Status = Literal["unlabelled", "labelled"]
+# in_review: every reader has read the case, but a reading does not count yet (awaiting review, or sent back).
+Status = Literal["unlabelled", "in_review", "labelled"]
 
 
 class CasePublic(BaseModel):
@@ -45,6 +46,12 @@ class LabelVersionPublic(BaseModel):
     id: int
     case_id: int
     version: int
-    author: str
+    author: str  # "consensus" for the combination of several readers' versions
     sha256: str
     created_at: dt.datetime
+    review_state: str = Field("submitted", description="submitted (on upload), approved or changes_requested")
+    review_comment: str | None = None
+    reviewer: str | None = None
+    reviewed_at: dt.datetime | None = None
+    consensus_of: list[int] | None = Field(None, description="a consensus version: the ids of the readers' "
+                                           "label versions it combines")

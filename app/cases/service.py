@@ -29,6 +29,7 @@ from app.core.errors import Conflict, InvalidRequest, ModalityMismatch, NotFound
 from app.core.secret_key import patient_key
 from app.core.storage import BlobStore, StoredBlob
 from app.models import Case, LabelVersion, Lease, Patient, Project, User, utcnow
+from app.review import service as review
 
 SPLITS = ("pool", "validation", "test")
 
@@ -214,10 +215,11 @@ def upload_label(
         version = LabelVersion(case_id=case.id, version=latest + 1, author_id=user.id, sha256=blob.sha256,
                                blob_key=blob.key)
         session.add(version)
-        case.status = "labelled"
         session.flush()
         audit.record(session, "label.upload", user_id=user.id, project_id=case.project_id, case_id=case.id,
                      version=version.version)
+        # The case's status (needs readers, in review, labelled) and, with several readers, their consensus.
+        review.after_new_version(session, store, case)
         return StoredLabel(case, version, lease)
 
 
@@ -260,8 +262,8 @@ def to_public(session: Session, cases: list[Case]) -> list[CasePublic]:
 
 
 def versions_public(session: Session, case_id: int) -> list[LabelVersionPublic]:
-    return [
-        LabelVersionPublic(id=lv.id, case_id=lv.case_id, version=lv.version, author=name, sha256=lv.sha256,
-                           created_at=lv.created_at)
-        for lv, name in repo.label_versions(session, case_id)
-    ]
+    return review.case_versions_public(session, case_id)
+
+
+def version_public(session: Session, version: LabelVersion) -> LabelVersionPublic:
+    return review.versions_public(session, [version])[0]

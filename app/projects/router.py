@@ -1,14 +1,19 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
 
 from app.audit import service as audit
 from app.auth.deps import AdminDep, SessionDep, UserDep
 from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, Offset
+from app.core.storage import BlobStore, get_blob_store
 from app.projects import service
 from app.projects.schemas import ProjectCreate, ProjectPatch, ProjectPublic, ProjectSettings
+from app.review import service as review
 
+StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 router = APIRouter(prefix="/api/v1", tags=["projects"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409))
 
@@ -17,7 +22,9 @@ router = APIRouter(prefix="/api/v1", tags=["projects"],
 def create_project(body: ProjectCreate, session: SessionDep, admin: AdminDep) -> ProjectSettings:
     project = service.create_project(session, body.name, body.modality, body.labels,
                                      control_fraction=body.control_fraction, control_seed=body.control_seed,
-                                     annotators_can_upload_cases=body.annotators_can_upload_cases)
+                                     annotators_can_upload_cases=body.annotators_can_upload_cases,
+                                     train_on=body.train_on, readers_per_case=body.readers_per_case,
+                                     consensus_method=body.consensus_method)
     audit.record(session, "project.create", user_id=admin.id, project_id=project.id, name=project.name)
     return ProjectSettings.model_validate(project)
 
@@ -33,11 +40,16 @@ def get_project(project_id: Id, session: SessionDep, _: UserDep) -> ProjectPubli
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectSettings)
-def patch_project(project_id: Id, body: ProjectPatch, session: SessionDep, admin: AdminDep) -> ProjectSettings:
+def patch_project(
+    project_id: Id, body: ProjectPatch, session: SessionDep, store: StoreDep, admin: AdminDep
+) -> ProjectSettings:
     project = service.update_control(session, project_id, admin, fraction=body.control_fraction,
                                      seed=body.control_seed)
     if body.annotators_can_upload_cases is not None:
         service.set_annotators_can_upload_cases(session, project, body.annotators_can_upload_cases, admin)
+    # What trains and how many read each case: every labelled case is re-derived (status, consensus).
+    project = review.update_settings(session, store, project_id, admin, train_on=body.train_on,
+                                     readers_per_case=body.readers_per_case, consensus_method=body.consensus_method)
     return ProjectSettings.model_validate(project)
 
 

@@ -11,14 +11,16 @@ from app.models import Project, User, random_seed
 
 def create_project(
     session: Session, name: str, modality: str, labels: list[str], *, control_fraction: float | None = None,
-    control_seed: int | None = None, annotators_can_upload_cases: bool = False,
+    control_seed: int | None = None, annotators_can_upload_cases: bool = False, train_on: str = "submitted",
+    readers_per_case: int = 1, consensus_method: str = "staple",
 ) -> Project:
     if session.scalar(select(Project).where(Project.name == name)) is not None:
         raise Conflict(f"a project named {name!r} already exists", field="name")
     fraction = get_settings().control_fraction if control_fraction is None else control_fraction
     project = Project(name=name, modality=modality, labels=labels, control_fraction=fraction,
                       control_seed=random_seed() if control_seed is None else control_seed,
-                      annotators_can_upload_cases=annotators_can_upload_cases)
+                      annotators_can_upload_cases=annotators_can_upload_cases, train_on=train_on,
+                      readers_per_case=readers_per_case, consensus_method=consensus_method)
     session.add(project)
     session.flush()
     return project

@@ -23,7 +23,7 @@ from app.models import Case, CaseScore, Lease, ModelVersion, Project, Ranking, R
 class Picked(NamedTuple):
     case: Case
     entry: RankingEntry | None
-    tier: str  # pinned | control | ranked | unranked | skipped
+    tier: str  # returned | pinned | control | ranked | unranked | skipped
 
 
 def current_ranking_id_subquery(project_id: int) -> ScalarSelect[int | None]:
@@ -59,7 +59,7 @@ def _lock_first(session: Session, stmt: Select[Case, RankingEntry]) -> tuple[Cas
 
 def pick_next(
     session: Session, project_id: int, ranking_id: int | None, now: dt.datetime, user_id: int,
-    control: Callable[[int], int] | None = None,
+    control: Callable[[int], int] | None = None, readers: ReaderRules | None = None,
 ) -> Picked | None:
     """Lock the first open case in queue order: pinned, ranked, unranked, then this annotator's skips.
 
@@ -68,20 +68,25 @@ def pick_next(
     count -> position of the control case), a control tier replaces the ranking right after the pinned tier.
     Skipped cases come back least recently skipped first: in rank order, skipping the top one when every
     case was skipped handed that same case straight back, so the annotator could never get past it.
+    With ``readers`` (review), cases a reviewer sent back to this annotator come first of all, and no
+    other tier hands out a case the annotator has already labelled.
     """
     skipped = skipped_by(session, project_id, user_id)
     entry = and_(RankingEntry.case_id == Case.id, RankingEntry.ranking_id == ranking_id)
-    with_entry = select(Case, RankingEntry).outerjoin(RankingEntry, entry).where(*open_case_filter(project_id, now))
+    unread = [~readers.read_by] if readers is not None else []
+    open_filter = [*open_case_filter(project_id, now), *unread]
+    with_entry = select(Case, RankingEntry).outerjoin(RankingEntry, entry).where(*open_filter)
     fresh = [Case.id.not_in(skipped)] if skipped else []
-    tiers: list[tuple[str, Any]] = [
-        ("pinned", with_entry.where(Case.pinned == true(), *fresh)
-         .order_by(RankingEntry.rank.is_(None), RankingEntry.rank, Case.id)),
-    ]
+    tiers: list[tuple[str, Any]] = []
+    if readers is not None:
+        tiers.append(("returned", _returned_tier(project_id, now, entry, readers)))
+    tiers.append(("pinned", with_entry.where(Case.pinned == true(), *fresh)
+                  .order_by(RankingEntry.rank.is_(None), RankingEntry.rank, Case.id)))
     if control is not None:
-        tiers.append(("control", _control_tier(session, with_entry, project_id, now, fresh, control)))
+        tiers.append(("control", _control_tier(session, with_entry, open_filter, fresh, control)))
     tiers += [
         ("ranked", select(Case, RankingEntry).join(RankingEntry, entry)
-         .where(*open_case_filter(project_id, now), *fresh).order_by(RankingEntry.rank)),
+         .where(*open_filter, *fresh).order_by(RankingEntry.rank)),
         ("unranked", with_entry.where(*fresh, RankingEntry.case_id.is_(None)).order_by(Case.id)),
     ]
     if skipped:
@@ -105,8 +110,25 @@ def _last_skips(user_id: int) -> Subquery:
             .group_by(Lease.case_id).subquery())
 
 
+class ReaderRules(NamedTuple):
+    """SQL conditions on ``cases`` from the review domain, for one annotator."""
+
+    returned: Any  # a reviewer sent the annotator's current reading of the case back
+    returned_at: Any  # when (orders the returned cases, oldest first)
+    read_by: Any  # the annotator authored a version of the case
+
+
+def _returned_tier(project_id: int, now: dt.datetime, entry: Any, readers: ReaderRules) -> Select[Case, RankingEntry]:
+    """Cases sent back to this annotator: whatever their status, while no one else holds them."""
+    return (select(Case, RankingEntry).outerjoin(RankingEntry, entry)
+            .where(Case.project_id == project_id, Case.deleted_at.is_(None), Case.split == "pool",
+                   Case.excluded == false(), or_(Case.lease_expires_at.is_(None), Case.lease_expires_at <= now),
+                   readers.returned)
+            .order_by(readers.returned_at, Case.id))
+
+
 def _control_tier(
-    session: Session, with_entry: Select[Case, RankingEntry], project_id: int, now: dt.datetime, fresh: list[Any],
+    session: Session, with_entry: Select[Case, RankingEntry], open_filter: list[Any], fresh: list[Any],
     position: Callable[[int], int],
 ) -> Select[Case, RankingEntry] | None:
     """The open, unpinned cases from the drawn one onwards in id order, wrapping round (None: no open case).
@@ -114,7 +136,7 @@ def _control_tier(
     The ids are read without a lock; a case claimed meanwhile is simply passed over by the locking query,
     which then takes the next one, so SKIP LOCKED keeps its guarantee.
     """
-    open_ids = list(session.scalars(select(Case.id).where(*open_case_filter(project_id, now), *fresh,
+    open_ids = list(session.scalars(select(Case.id).where(*open_filter, *fresh,
                                                           Case.pinned == false()).order_by(Case.id)))
     if not open_ids:
         return None
@@ -177,6 +199,7 @@ def count_pool(session: Session, project_id: int, now: dt.datetime) -> dict[str,
     live = and_(Case.lease_expires_at.is_not(None), Case.lease_expires_at > now)
     bucket = case(
         (Case.status == "labelled", "labelled"),
+        (Case.status == "in_review", "in_review"),
         (Case.excluded, "excluded"),
         (live, "leased"),
         else_="open",
@@ -186,7 +209,7 @@ def count_pool(session: Session, project_id: int, now: dt.datetime) -> dict[str,
         .where(Case.project_id == project_id, Case.deleted_at.is_(None), Case.split == "pool")
         .group_by(bucket)
     )
-    counts = {"open": 0, "leased": 0, "labelled": 0, "excluded": 0}
+    counts = {"open": 0, "leased": 0, "in_review": 0, "labelled": 0, "excluded": 0}
     counts.update({str(k): int(v) for k, v in rows})
     return counts
 

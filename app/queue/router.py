@@ -23,6 +23,7 @@ from app.queue.schemas import (
     RankingInfo,
     SkipRequest,
 )
+from app.review import service as review
 
 router = APIRouter(prefix="/api/v1", tags=["queue"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409, 410))
@@ -43,14 +44,17 @@ def _ranking_info(ranking: Ranking | None) -> RankingInfo | None:
 @router.post("/projects/{project_id}/queue/next", response_model=ClaimResponse,
              responses={204: {"description": "no case left to annotate"}})
 def claim_next(project_id: Id, session: SessionDep, user: UserDep) -> ClaimResponse | Response:
-    claim = service.claim_next(session, get_project(session, project_id), user)
+    project = get_project(session, project_id)
+    claim = service.claim_next(session, project, user)
     if claim is None:
         return Response(status_code=204)
+    returned = review.returned_note(session, claim.case.id, user, project) if claim.tier == "returned" else None
     return ClaimResponse(
         case=case_service.to_public(session, [claim.case])[0], rank=claim.rank, score=claim.score,
         ranking_id=claim.ranking.id,
         model_version=claim.ranking.model_version_id,
         lease=LeaseInfo(token=claim.lease.token, expires_at=claim.lease.expires_at),
+        review=returned,
     )
 
 
@@ -96,7 +100,7 @@ def queue(
     items = []
     for case, entry, lease, holder in rows:
         live = lease is not None and lease.ended_at is None and lease.expires_at > now
-        status = ("labelled" if case.status == "labelled" else "excluded" if case.excluded
+        status = (case.status if case.status in ("labelled", "in_review") else "excluded" if case.excluded
                   else "leased" if live else "open")
         items.append(QueueItem(
             case_id=case.id, patient=names[case.patient_id], rank=entry.rank if entry else None,

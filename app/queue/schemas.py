@@ -5,6 +5,7 @@ import datetime as dt
 from pydantic import BaseModel, Field
 
 from app.cases.schemas import CasePublic
+from app.review.schemas import ReviewNote
 
 SCORE_MEANING = (
     "the ranking's priority for this case, comparable only within one ranking (higher = sooner); not a "
@@ -26,6 +27,8 @@ class ClaimResponse(BaseModel):
     ranking_id: int | None
     model_version: int | None
     lease: LeaseInfo
+    review: ReviewNote | None = Field(None, description="a reviewer sent your reading of this case back: their "
+                                      "comment says what to change; your next version replaces it")
 
 
 class SkipRequest(BaseModel):
@@ -58,7 +61,7 @@ class QueueItem(BaseModel):
     patient: str
     rank: int | None = Field(description=RANK_MEANING)
     score: float | None = Field(description=SCORE_MEANING)
-    status: str  # open | leased | labelled | excluded
+    status: str  # open | leased | in_review | labelled | excluded
     pinned: bool
     leased_by: str | None
     lease_expires_at: dt.datetime | None
@@ -83,6 +86,7 @@ class RankingInfo(BaseModel):
 class QueueStats(BaseModel):
     open: int
     leased: int
+    in_review: int = Field(description="read by every reader, but a reading awaits review or was sent back")
     labelled: int
     excluded: int
     pool: int

@@ -23,6 +23,7 @@ from app.core.errors import Conflict, Forbidden, InvalidRequest, LeaseExpired, N
 from app.models import Case, Lease, Project, Ranking, RankingEntry, User, utcnow
 from app.projects import service as projects
 from app.queue import repository as repo
+from app.review import service as review
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Claim:
     rank: int | None
     score: float | None
     ranking: Ranking
+    tier: str = "ranked"  # returned: a reviewer sent the claimant's reading of this case back
 
 
 def lease_duration() -> dt.timedelta:
@@ -116,16 +118,21 @@ def claim_next(session: Session, project: Project, user: User) -> Claim | None:
     ranking = _current_ranking(session, project)
     now = utcnow()
     number = project.claim_count + 1
+    readers = repo.ReaderRules(returned=review.returned_to(user.id, project.readers_per_case),
+                               returned_at=review.returned_since(user.id), read_by=review.read_by(user.id))
     picked = repo.pick_next(session, project.id, ranking.id, now, user.id,
-                            control=_control_draw(project, ranking, number))
+                            control=_control_draw(project, ranking, number), readers=readers)
     if picked is None:
         return None
     project.claim_count = number
     case, entry = picked.case, picked.entry
-    _end_stale_lease(session, case, now)
-    lease = _grant(session, case, user, ranking.id, now, arm=_arm(picked.tier, ranking), claim_seq=number,
+    # The lease starts when the case row is locked, not when the claim began: the pick may have waited for
+    # the previous holder's release to commit, and a start before that release would overlap it on record.
+    granted = utcnow()
+    _end_stale_lease(session, case, granted)
+    lease = _grant(session, case, user, ranking.id, granted, arm=_arm(picked.tier, ranking), claim_seq=number,
                    **_served_prediction(session, ranking, case.id))
-    return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking)
+    return Claim(case, lease, entry.rank if entry else None, entry.score if entry else None, ranking, picked.tier)
 
 
 def lease_case(session: Session, case: Case, user: User) -> Lease | None:

@@ -1,7 +1,7 @@
 """Worker heartbeats: each Celery worker's last report, exposed on /metrics.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0009_review
 Create Date: 2026-11-28
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0009_review"
 branch_labels = None
 depends_on = None
 

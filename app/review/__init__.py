@@ -1,0 +1,1 @@
+"""Review states, the review queue, several readers per case: agreement and consensus."""
