@@ -285,6 +285,8 @@ class Cycle(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     weights_key: Mapped[str | None] = mapped_column(String(200), default=None)
     trained_case_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # The latest training checkpoint of a running train phase: a redelivered phase resumes from it.
+    checkpoint_key: Mapped[str | None] = mapped_column(String(200), default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     # Written every few seconds by the worker while a phase runs: a silent worker is a dead one.
@@ -398,3 +400,24 @@ class ReaderAgreement(Base):
     dice: Mapped[dict[str, Any]] = mapped_column(JSON)
     hd95: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ScoreShard(Base):
+    """A slice of one cycle's unlabelled cases, scored by one task; the shards of a cycle feed its publish.
+
+    ``worker`` is the last worker process that ran it; ``attempts`` counts deliveries (a redelivered shard
+    scores only the cases that have no score yet).
+    """
+
+    __tablename__ = "score_shards"
+    __table_args__ = (UniqueConstraint("cycle_id", "index", name="uq_score_shards_cycle_index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    case_ids: Mapped[list[Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    scored: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)

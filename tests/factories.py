@@ -140,7 +140,8 @@ def dicom_slices(
     return dict(reversed(list(files.items())))
 
 
-def bulk_cases(project_id: int, n: int, blob_dir: Path) -> tuple[list[int], bytes]:
+def bulk_cases(project_id: int, n: int, blob_dir: Path, shape: tuple[int, int, int] = (2, 3, 4)
+               ) -> tuple[list[int], bytes]:
     """Insert n cases straight into the database (queue tests need many, not many distinct images).
 
     Every case points at one real tiny image blob, so label uploads validate against real geometry.
@@ -153,7 +154,7 @@ def bulk_cases(project_id: int, n: int, blob_dir: Path) -> tuple[list[int], byte
     from app.core.storage import BlobStore
     from app.models import Case, Patient
 
-    image = volume((2, 3, 4))
+    image = volume(shape)
     blob = BlobStore(blob_dir).put(encode(image), "nii.gz")
     geo = Geometry.of(image)
     with db.session_scope() as session:

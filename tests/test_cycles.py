@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from app.cases.imaging import read_nifti
 from app.core import db
+from app.core.config import get_settings
 from app.models import CaseScore, Cycle, Project, RankingEntry
 from tests.conftest import Login
 from tests.factories import create_project, encode, upload_case, upload_label
@@ -194,19 +195,81 @@ def test_cancel_of_queued_cycle_is_immediate(
     assert start(client, admin, cube_project["id"]).status_code == 202  # the slot is free again
 
 
-def test_redelivered_phase_after_worker_death_fails_the_cycle(
-    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int]
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in the phase catches it, so it leaves the cycle as a dead worker would."""
+
+
+def test_redelivered_train_phase_resumes_from_its_checkpoint(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cycle_id = start(client, admin, cube_project["id"]).json()["id"]
-    with db.session_scope() as session:  # what a worker killed mid-training leaves behind
+    monkeypatch.setenv("NEXTCASE_TRAIN_CHECKPOINT_EVERY_S", "0.001")  # a checkpoint after every step
+    get_settings.cache_clear()
+    cycle_id = start(client, admin, cube_project["id"], epochs=None, steps=10).json()["id"]
+    real_saver = pipeline._checkpoint_saver
+
+    def dying_saver(cycle: int, store: Any, inputs: str) -> Any:
+        save = real_saver(cycle, store, inputs)
+
+        def save_then_die(checkpoint: Any) -> None:
+            save(checkpoint)
+            if checkpoint.step == 6:
+                raise Killed
+
+        return save_then_die
+
+    monkeypatch.setattr(pipeline, "_checkpoint_saver", dying_saver)
+    with pytest.raises(Killed):
+        pipeline.run_cycle(cycle_id)
+    with db.session_scope() as session:
         cycle = session.get(Cycle, cycle_id)
-        assert cycle is not None
-        cycle.status, cycle.phase, cycle.worker = "running", "train", "gpu-node-1:4242"
-    pipeline.run_cycle(cycle_id)  # the broker redelivers the unacknowledged message
+        assert cycle is not None and (cycle.status, cycle.phase, cycle.progress["checkpoint_step"]) == (
+            "running", "train", 6)
+
+    monkeypatch.setattr(pipeline, "_checkpoint_saver", real_saver)
+    pipeline.run_cycle(cycle_id)  # Celery requeues the unacknowledged message; it runs again
     cycle_json = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()
-    assert cycle_json["status"] == "failed"
-    assert cycle_json["error"] == ("the worker running train stopped (killed or lost: gpu-node-1:4242); "
-                                   "the previous model and queue stay in service")
+    assert cycle_json["status"] == "done", cycle_json["error"]
+    metrics = cycle_json["metrics"]
+    assert (metrics["train_resumed_from"], metrics["train_steps_after_resume"], metrics["train_steps"]) == (6, 4, 10)
+    assert [r["phase"] for r in metrics["redelivered"]] == ["train"]
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id)
+        assert cycle is not None and cycle.checkpoint_key is None  # the last checkpoint is deleted once trained
+
+
+def test_redelivered_score_phase_scores_only_what_is_left(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NEXTCASE_SCORE_SHARD_CASES", "2")
+    get_settings.cache_clear()
+    cycle_id = start(client, admin, cube_project["id"]).json()["id"]
+    scored: list[int] = []
+    real_store = pipeline._store_score
+
+    def store_then_die(store: Any, cycle: int, case: Any, result: Any) -> None:
+        real_store(store, cycle, case, result)
+        scored.append(case.id)
+        if len(scored) == 2:
+            raise Killed
+
+    monkeypatch.setattr(pipeline, "_store_score", store_then_die)
+    with pytest.raises(Killed):
+        pipeline.run_cycle(cycle_id)
+    monkeypatch.setattr(pipeline, "_store_score", lambda *a: (scored.append(a[2].id), real_store(*a))[-1])
+    pipeline.run_cycle(cycle_id)
+    cycle_json = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()
+    assert cycle_json["status"] == "done", cycle_json["error"]
+    unlabelled = cube_project["case_ids"][5:]
+    assert sorted(scored) == unlabelled  # each case scored once, across the two deliveries
+    assert cycle_json["progress"]["scored"] == cycle_json["progress"]["total"] == 3
+    assert sorted(ranking_case_ids(cycle_json["ranking_id"])) == unlabelled
+
+
+def ranking_case_ids(ranking_id: int) -> list[int]:
+    with db.session_scope() as session:
+        return list(session.scalars(select(RankingEntry.case_id).where(RankingEntry.ranking_id == ranking_id)))
 
 
 def test_training_needs_a_labelled_case(

@@ -2,13 +2,18 @@
 
 Delivery choices (see README, "Worker"):
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only when its task
-  returns, so a crashed worker's task is redelivered instead of vanishing; the task then sees from
-  the database that the phase had already started and marks the cycle failed (no silent rerun).
+  returns, so a crashed worker's task is redelivered instead of vanishing; every phase is safe to run
+  again (training resumes from its checkpoint, scoring skips scored cases, publish is one transaction).
 - Redis ``visibility_timeout`` (``NEXTCASE_TASK_VISIBILITY_TIMEOUT_S``, 12 h) exceeds the longest
   cycle phase, so a long training run is not handed to a second worker while the first still runs.
 - One ``gpu`` queue, ``worker_prefetch_multiplier=1`` and concurrency 1: one training at a time per
   GPU, and no task waits in a busy worker's buffer while another worker is idle.
-- No result backend: job state lives in the ``cycles`` table.
+- Job state lives in the ``cycles`` and ``score_shards`` tables. A result backend exists only for the chord
+  that starts ``publish`` once every scoring shard has returned (only the shard tasks store a result).
+- The score phase is a group of shards (``NEXTCASE_SCORE_SHARD_CASES`` cases each), so N workers on the
+  ``gpu`` queue score one cycle together. A shard whose worker process is killed is requeued at once by
+  the worker's main process (``task_reject_on_worker_lost``) and scores only the cases left; a train
+  phase requeued that way resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -35,11 +40,18 @@ def _transport_options(url: str, visibility_timeout_s: int, key_prefix: str) -> 
     return options
 
 
+def _result_options(url: str, key_prefix: str) -> dict[str, Any]:
+    return {"global_keyprefix": key_prefix} if key_prefix and url.startswith(("redis://", "rediss://")) else {}
+
+
 def create_celery() -> Celery:
     settings = get_settings()
-    app = Celery("nextcase", broker=settings.effective_broker_url, include=["worker.tasks"])
+    app = Celery("nextcase", broker=settings.effective_broker_url, backend=settings.effective_result_backend,
+                 include=["worker.tasks"])
     app.conf.update(
         task_ignore_result=True,
+        result_expires=3600 * 24,
+        result_backend_transport_options=_result_options(settings.effective_result_backend, settings.broker_key_prefix),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -9,6 +9,9 @@ previous model and queue in service.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -27,7 +30,7 @@ from sqlalchemy import delete, func, select, update
 from app.core import db
 from app.core.config import get_settings
 from app.core.storage import BlobStore, get_blob_store
-from app.models import Case, CaseScore, Cycle, ModelVersion, Project, utcnow
+from app.models import Case, CaseScore, Cycle, ModelVersion, Project, ScoreShard, utcnow
 from app.queue.service import publish_ranking
 from app.review import service as review
 from worker.data import encode_map_on_case_grid, encode_on_case_grid, load_array
@@ -113,7 +116,12 @@ def _get(session: Any, cycle_id: int) -> Cycle:
 
 
 def _enter(cycle_id: int, phase: str) -> bool:
-    """Mark the phase started; False when the cycle must not run (finished, cancelled, redelivered)."""
+    """Mark the phase started; False when the cycle must not run it (finished, cancelled, out of order).
+
+    A phase delivered again after it had started (its worker process was killed, and Celery requeued the
+    unacknowledged message) runs again: every phase is safe to repeat. Training resumes from its last
+    checkpoint, scoring scores only the cases that have no score yet, publish is one transaction.
+    """
     with db.session_scope() as session:
         cycle = session.get(Cycle, cycle_id, with_for_update=True)
         if cycle is None or cycle.status not in ("queued", "running"):
@@ -122,11 +130,11 @@ def _enter(cycle_id: int, phase: str) -> bool:
             _mark_finished(cycle, "cancelled", f"cancelled by an admin before {phase}")
             return False
         if cycle.phase == phase:
-            # The broker redelivered a phase that had started: its worker died mid-way.
-            _mark_finished(cycle, "failed", f"the worker running {phase} stopped (killed or lost: "
-                                            f"{cycle.worker}); the previous model and queue stay in service")
-            return False
-        if cycle.phase is not None and PHASES.index(phase) != PHASES.index(cycle.phase) + 1:
+            log.warning("phase delivered again: its previous worker stopped; running it again",
+                        extra={"cycle_id": cycle_id, "phase": phase, "previous_worker": cycle.worker})
+            redelivered = [*cycle.metrics.get("redelivered", []), {"phase": phase, "previous_worker": cycle.worker}]
+            cycle.metrics = {**cycle.metrics, "redelivered": redelivered}
+        elif cycle.phase is not None and PHASES.index(phase) != PHASES.index(cycle.phase) + 1:
             return False
         if cycle.status == "queued":
             cycle.status, cycle.started_at = "running", utcnow()
@@ -226,7 +234,9 @@ def train(cycle_id: int, store: BlobStore) -> None:
     images, labels = _arrays(store, pairs)
     val_images, val_labels = _arrays(store, validation)
     steps = params.steps_for(len(pairs))
-    _progress(cycle_id, step=0, steps=steps, loss=None, train_cases=len(pairs))
+    inputs = _inputs_digest(pairs, validation)
+    resume = _resume_point(store, cycle, inputs)
+    _progress(cycle_id, step=resume.step if resume else 0, steps=steps, loss=None, train_cases=len(pairs))
 
     def on_step(step: int, loss: float) -> None:
         _progress(cycle_id, step=step, loss=round(loss, 5))
@@ -235,9 +245,14 @@ def train(cycle_id: int, store: BlobStore) -> None:
         # The checkpoint kept is the one with the best validation Dice (the last one without validation cases).
         result = train_model(images, labels, len(project.labels), project.modality, params, init_state=init_state,
                              progress=on_step, should_stop=_cancel_checker(cycle_id), val_images=val_images,
-                             val_labels=val_labels)
+                             val_labels=val_labels, resume=resume,
+                             checkpoint=_checkpoint_saver(cycle_id, store, inputs),
+                             checkpoint_every_s=get_settings().train_checkpoint_every_s)
     except TrainingCancelled as exc:
         raise CycleCancelled from exc
+    if result.resumed_from:
+        _store_metrics(cycle_id, {"train_resumed_from": result.resumed_from,
+                                  "train_steps_after_resume": result.steps - result.resumed_from})
     with tempfile.TemporaryDirectory(prefix="nextcase-model-") as tmp:
         path = Path(tmp) / "model.pt"
         save_model(path, result.state_dict, len(project.labels), project.modality, params)
@@ -245,9 +260,53 @@ def train(cycle_id: int, store: BlobStore) -> None:
     with db.session_scope() as session:
         cycle = _get(session, cycle_id)
         cycle.weights_key, cycle.trained_case_ids = blob.key, [case.id for case, _ in pairs]
+        checkpoint, cycle.checkpoint_key = cycle.checkpoint_key, None
+    if checkpoint is not None:
+        store.delete(checkpoint)
+    with db.session_scope() as session:
+        cycle = _get(session, cycle_id)
         cycle.metrics = {**cycle.metrics, "train_loss": result.epoch_losses[-1] if result.epoch_losses else None,
                          "train_steps": result.steps, "kept_step": result.best_step,
                          "validation_history": result.validation}
+
+
+def _inputs_digest(pairs: list[tuple[Case, str]], validation: list[tuple[Case, str]]) -> str:
+    """What a checkpoint was trained on: the training and validation cases and their label versions."""
+    text = json.dumps([[(case.id, key) for case, key in pairs], [(case.id, key) for case, key in validation]])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resume_point(store: BlobStore, cycle: Cycle, inputs: str) -> Any:
+    """The checkpoint a redelivered train phase continues from, if it was made on the same inputs."""
+    from worker.ml.train import TrainCheckpoint
+
+    if cycle.checkpoint_key is None:
+        return None
+    if cycle.progress.get("checkpoint_inputs") != inputs:
+        log.warning("training starts over: the labelled cases changed since the checkpoint",
+                    extra={"cycle_id": cycle.id})
+        return None
+    try:
+        checkpoint = TrainCheckpoint.from_bytes(store.read(cycle.checkpoint_key))
+    except Exception:  # a missing or torn checkpoint: starting over loses time, not data
+        log.warning("training starts over: its checkpoint could not be read", extra={"cycle_id": cycle.id},
+                    exc_info=True)
+        return None
+    log.info("training resumes from its checkpoint", extra={"cycle_id": cycle.id, "step": checkpoint.step})
+    return checkpoint
+
+
+def _checkpoint_saver(cycle_id: int, store: BlobStore, inputs: str) -> Callable[[Any], None]:
+    def save(checkpoint: Any) -> None:
+        key = store.put(checkpoint.to_bytes(), "pt").key
+        with db.session_scope() as session:
+            cycle = _get(session, cycle_id)
+            previous, cycle.checkpoint_key = cycle.checkpoint_key, key
+            cycle.progress = {**cycle.progress, "checkpoint_step": checkpoint.step, "checkpoint_inputs": inputs}
+        if previous not in (None, key):
+            store.delete(previous)
+
+    return save
 
 
 def _warm_start_state(session: Any, store: BlobStore, project_id: int) -> dict[str, Any] | None:
@@ -307,23 +366,138 @@ def _store_metrics(cycle_id: int, metrics: dict[str, Any]) -> None:
 
 
 def score(cycle_id: int, store: BlobStore) -> None:
+    """The score phase in this process: every shard in turn (the Celery path spreads them, see worker.tasks)."""
+    for index in prepare_shards(cycle_id):
+        case_ids = _claim_shard(cycle_id, index)
+        if case_ids is None:
+            return
+        _score_cases(cycle_id, case_ids, store)
+        _complete_shard(cycle_id, index)
+
+
+def start_scoring(cycle_id: int) -> list[int]:
+    """Enter the score phase and return the shards still to score; [] when the cycle must not go on."""
+    if not _enter(cycle_id, "score"):
+        return []
+    try:
+        return prepare_shards(cycle_id)
+    except Exception as exc:
+        _finish(cycle_id, "failed", f"score failed: {type(exc).__name__}: {exc}")
+        log.exception("cycle failed", extra={"cycle_id": cycle_id, "phase": "score"})
+        return []
+
+
+def prepare_shards(cycle_id: int) -> list[int]:
+    """Split the unlabelled pool cases into shards, once per cycle; the indices of the shards not done yet.
+
+    A score phase delivered again keeps the shards it made (and the scores they wrote): the ranking is built from
+    the cases chosen when the phase first started.
+    """
+    size = get_settings().score_shard_cases
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id, with_for_update=True)
+        assert cycle is not None
+        shards = list(session.scalars(select(ScoreShard).where(ScoreShard.cycle_id == cycle_id)
+                                      .order_by(ScoreShard.index)))
+        if not shards:
+            session.execute(delete(CaseScore).where(CaseScore.cycle_id == cycle_id))
+            case_ids = list(session.scalars(select(Case.id).where(
+                Case.project_id == cycle.project_id, Case.split == "pool", Case.status == "unlabelled",
+                Case.deleted_at.is_(None)).order_by(Case.id)))
+            shards = [ScoreShard(cycle_id=cycle_id, index=i, case_ids=case_ids[start: start + size])
+                      for i, start in enumerate(range(0, len(case_ids), size))]
+            session.add_all(shards)
+            cycle.progress = {**cycle.progress, "scored": 0, "total": len(case_ids), "shards": len(shards),
+                              "score_started": utcnow().isoformat()}
+        return [shard.index for shard in shards if shard.status != "done"]
+
+
+def run_shard(cycle_id: int, index: int, store: BlobStore | None = None) -> None:
+    """Score one shard (a Celery task); records cancellation or failure on the cycle, never raises for them.
+
+    Delivered again after its worker process died, it scores only the cases without a score.
+    """
+    store = store or get_blob_store()
+    case_ids = _claim_shard(cycle_id, index)
+    if case_ids is None:
+        return
+    try:
+        with _heartbeat(cycle_id):
+            _score_cases(cycle_id, case_ids, store)
+    except (CycleCancelled, Cancelled):
+        _finish(cycle_id, "cancelled", "cancelled by an admin during score")
+        return
+    except Exception as exc:
+        detail = str(exc) if isinstance(exc, CycleError) else f"{type(exc).__name__}: {exc}"
+        _finish(cycle_id, "failed", f"score failed (shard {index}): {detail}")
+        log.exception("cycle failed", extra={"cycle_id": cycle_id, "phase": "score", "shard": index})
+        return
+    _complete_shard(cycle_id, index)
+
+
+def _claim_shard(cycle_id: int, index: int) -> list[int] | None:
+    """Mark a shard running by this process; its case ids, or None when the cycle or the shard is over."""
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id, with_for_update=True)
+        if cycle is None or cycle.status != "running" or cycle.phase != "score":
+            return None
+        if cycle.cancel_requested:
+            _mark_finished(cycle, "cancelled", "cancelled by an admin during score")
+            return None
+        shard = session.scalar(select(ScoreShard).where(ScoreShard.cycle_id == cycle_id, ScoreShard.index == index))
+        if shard is None or shard.status == "done":
+            return None
+        if shard.status == "running":
+            log.warning("score shard delivered again: its previous worker stopped",
+                        extra={"cycle_id": cycle_id, "shard": index, "previous_worker": shard.worker})
+        shard.status, shard.worker, shard.attempts = "running", _worker_name(), shard.attempts + 1
+        shard.started_at = shard.started_at or utcnow()
+        cycle.heartbeat_at = utcnow()
+        return [int(c) for c in shard.case_ids]
+
+
+def _complete_shard(cycle_id: int, index: int) -> None:
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id, with_for_update=True)
+        assert cycle is not None
+        shards = list(session.scalars(select(ScoreShard).where(ScoreShard.cycle_id == cycle_id)))
+        scored = _scored_count(session, cycle_id)
+        for shard in shards:
+            if shard.index == index:
+                shard.status, shard.finished_at, shard.scored = "done", utcnow(), len(shard.case_ids)
+        cycle.progress = {**cycle.progress, "scored": scored}
+        if all(shard.status == "done" for shard in shards):
+            started = dt.datetime.fromisoformat(cycle.progress.get("score_started", utcnow().isoformat()))
+            seconds = max((utcnow() - started).total_seconds(), 1e-3)
+            cycle.timings = {**cycle.timings, "score": round(seconds, 3)}
+            cycle.progress = {**cycle.progress, "scored_per_s": round(scored / seconds, 4),
+                              "score_worker": _worker_name(),
+                              "score_workers": sorted({s.worker for s in shards if s.worker})}
+
+
+def _scored_count(session: Any, cycle_id: int) -> int:
+    return int(session.scalar(select(func.count()).select_from(CaseScore).where(CaseScore.cycle_id == cycle_id)) or 0)
+
+
+def _score_cases(cycle_id: int, case_ids: list[int], store: BlobStore) -> None:
     from worker.ml.scoring import score_case
     from worker.ml.transforms import normalise
 
     cycle, project = _context(cycle_id)
     with db.session_scope() as session:
-        session.execute(delete(CaseScore).where(CaseScore.cycle_id == cycle_id))
-        cases = list(session.scalars(select(Case).where(
-            Case.project_id == project.id, Case.split == "pool", Case.status == "unlabelled",
-            Case.deleted_at.is_(None)).order_by(Case.id)))
+        done = set(session.scalars(select(CaseScore.case_id).where(CaseScore.cycle_id == cycle_id,
+                                                                   CaseScore.case_id.in_(case_ids))))
+        cases = list(session.scalars(select(Case).where(Case.id.in_([c for c in case_ids if c not in done]))
+                                     .order_by(Case.id)))
+    if not cases:
+        return
     model, meta = _load_model(store, cycle)
     should_stop = _cancel_checker(cycle_id)
-    started = time.perf_counter()
     # Encoding and storing a case's prediction and map runs beside the next case's scoring, not before it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cycle-{cycle_id}-writer") as writer:
         pending: list[Future[None]] = []
-        for done, case in enumerate(cases):
-            if _progress(cycle_id, scored=done, total=len(cases)):
+        for case in cases:
+            if should_stop():
                 raise CycleCancelled
             image = normalise(load_array(store, case.blob_key).astype(np.float32), project.modality)
             result = score_case(model, image, cycle.strategy, meta.params, case_key=case.id, should_stop=should_stop)
@@ -331,8 +505,6 @@ def score(cycle_id: int, store: BlobStore) -> None:
             _raise_failed_writes(pending)
         for future in pending:
             future.result()
-    rate = len(cases) / max(time.perf_counter() - started, 1e-9)
-    _progress(cycle_id, scored=len(cases), total=len(cases), scored_per_s=round(rate, 4), score_worker=_worker_name())
 
 
 def _raise_failed_writes(pending: list[Future[None]]) -> None:
@@ -349,7 +521,12 @@ def _store_score(store: BlobStore, cycle_id: int, case: Case, result: Any) -> No
     if result.voxel_map is not None:
         row.uncertainty_key = store.put(encode_map_on_case_grid(result.voxel_map, case), "nii.gz").key
     with db.session_scope() as session:
-        session.add(row)
+        if session.get(CaseScore, (cycle_id, case.id)) is None:  # a redelivered shard may meet its own earlier row
+            session.add(row)
+        session.flush()
+        cycle = session.get(Cycle, cycle_id)
+        assert cycle is not None
+        cycle.progress = {**cycle.progress, "scored": _scored_count(session, cycle_id)}
 
 
 def publish(cycle_id: int, store: BlobStore) -> None:
@@ -361,6 +538,10 @@ def publish(cycle_id: int, store: BlobStore) -> None:
             raise CycleCancelled
         if cycle.weights_key is None:
             raise CycleError("the cycle has no trained weights")
+        unscored = session.scalar(select(func.count()).select_from(ScoreShard).where(
+            ScoreShard.cycle_id == cycle_id, ScoreShard.status != "done"))
+        if unscored:
+            raise CycleError(f"{unscored} score shard(s) did not finish; the ranking would be incomplete")
         latest = session.scalar(select(func.max(ModelVersion.version)).where(
             ModelVersion.project_id == cycle.project_id)) or 0
         version = ModelVersion(project_id=cycle.project_id, version=latest + 1, cycle_id=cycle.id,

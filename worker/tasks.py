@@ -1,8 +1,15 @@
-"""Celery tasks: each takes a cycle id and runs one phase through ``worker.pipeline``."""
+"""Celery tasks: each takes a cycle id (and a shard index) and runs one step through ``worker.pipeline``.
+
+The score phase spreads over workers: the ``score`` task splits the unlabelled cases into shards and replaces
+itself with a group of ``score_shard`` tasks; Celery turns a group that replaces a task inside a chain into a
+chord whose body is the rest of the chain, so ``publish`` runs once every shard has returned.
+"""
 
 from __future__ import annotations
 
-from celery import chain
+from typing import Any
+
+from celery import chain, group
 
 from worker import celery_app as apps
 from worker import pipeline
@@ -19,9 +26,19 @@ def evaluate(cycle_id: int) -> None:
     pipeline.run_phase(cycle_id, "evaluate")
 
 
-@celery_app.task(name="nextcase.cycle.score")
-def score(cycle_id: int) -> None:
-    pipeline.run_phase(cycle_id, "score")
+@celery_app.task(name="nextcase.cycle.score", bind=True)
+def score(self: Any, cycle_id: int) -> None:
+    shards = pipeline.start_scoring(cycle_id)
+    if shards:
+        app = apps.celery_app
+        raise self.replace(group(app.signature("nextcase.cycle.score_shard", args=(cycle_id, index), immutable=True,
+                                               queue=GPU_QUEUE) for index in shards))
+
+
+# The shards' (empty) results are what the chord counts: they must be stored, unlike every other task's.
+@celery_app.task(name="nextcase.cycle.score_shard", ignore_result=False)
+def score_shard(cycle_id: int, index: int) -> None:
+    pipeline.run_shard(cycle_id, index)
 
 
 @celery_app.task(name="nextcase.cycle.publish")
@@ -30,7 +47,7 @@ def publish(cycle_id: int) -> None:
 
 
 def cycle_chain(cycle_id: int) -> chain:
-    """train → evaluate → score → publish; immutable signatures: each phase gets only the id."""
+    """train → evaluate → score (→ shards) → publish; immutable signatures: each step gets only the id."""
     app = apps.celery_app  # looked up now: tests and the CLI may have rebuilt it for new settings
     steps = [app.signature(f"nextcase.cycle.{phase}", args=(cycle_id,), immutable=True, queue=GPU_QUEUE)
              for phase in pipeline.PHASES]

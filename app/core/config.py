@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     metrics_token: SecretStr = SecretStr("")
     # How often a worker records its heartbeat in the database (nextcase_worker_heartbeat_timestamp_seconds).
     worker_heartbeat_interval_s: float = Field(default=30, gt=0)
+    # A running training saves a checkpoint this often; a train phase delivered again after its worker process
+    # was killed resumes from the last one, losing at most this much work.
+    train_checkpoint_every_s: float = Field(default=120, gt=0)
+    # Unlabelled cases per scoring shard: each shard is one task on the gpu queue, so N workers score a cycle
+    # together; smaller shards spread better and lose less to a killed worker, at a model load per shard.
+    score_shard_cases: int = Field(default=8, ge=1)
+    result_backend_url: str = ""
     # The control arm of a new project: the probability that a claim is served from a seeded random order
     # instead of the ranking (admins change it per project with PATCH /projects/{id}; 0 turns it off).
     control_fraction: float = Field(default=0.1, ge=0, le=1)
@@ -100,6 +107,20 @@ class Settings(BaseSettings):
         if self.broker_url:
             return self.broker_url
         return f"sqla+sqlite:///{(self.blobs.parent / 'broker.sqlite').resolve()}"
+
+    @property
+    def effective_result_backend(self) -> str:
+        """Where Celery keeps the scoring shards' results, which the chord into publish counts (job state itself
+        lives in the database): Redis beside a Redis broker, a SQLite file beside the embedded broker, else the
+        database. NEXTCASE_RESULT_BACKEND_URL overrides it."""
+        if self.result_backend_url:
+            return self.result_backend_url
+        broker = self.effective_broker_url
+        if broker.startswith(("redis://", "rediss://")):
+            return broker
+        if broker.startswith("sqla+sqlite:"):
+            return f"db+sqlite:///{(self.blobs.parent / 'celery-results.sqlite').resolve()}"
+        return f"db+{self.database_url}"
 
     @property
     def embedded_worker(self) -> bool:

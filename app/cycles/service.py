@@ -22,6 +22,7 @@ from app.models import (
     Lease,
     ModelVersion,
     Project,
+    ScoreShard,
     User,
     WorkerHeartbeat,
     utcnow,
@@ -153,13 +154,22 @@ def fail_stale(session: Session, *, project_id: int | None = None, cycle_id: int
         query = query.where(Cycle.project_id == project_id)
     if cycle_id is not None:
         query = query.where(Cycle.id == cycle_id)
-    stale = [c for c in session.scalars(query) if c.phase is not None and c.phase not in c.timings]
+    stale = [c for c in session.scalars(query) if c.phase is not None and c.phase not in c.timings
+             and not _shards_waiting(session, c)]
     for cycle in stale:
         cycle.status, cycle.finished_at, cycle.cancel_requested = "failed", utcnow(), True
         cycle.error = (f"no heartbeat for over {bound:g} s from the worker running {cycle.phase} ({cycle.worker}): "
                        "it was killed or lost; the previous model and queue stay in service")
         log.warning("cycle failed: worker silent", extra={"cycle_id": cycle.id, "phase": cycle.phase})
     return len(stale)
+
+
+def _shards_waiting(session: Session, cycle: Cycle) -> bool:
+    """A sharded score phase with no shard running is waiting in the broker for free workers, not stalled."""
+    if cycle.phase != "score":
+        return False
+    shards = list(session.scalars(select(ScoreShard.status).where(ScoreShard.cycle_id == cycle.id)))
+    return bool(shards) and "running" not in shards
 
 
 def mark_failed(session: Session, cycle_id: int, reason: str) -> None:

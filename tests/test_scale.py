@@ -1,0 +1,156 @@
+"""Scoring shared by several real Celery workers on Redis, and cycles that survive a killed worker process.
+
+Production path only (PostgreSQL + Redis + `nextcase worker`, prefork): the embedded default has one
+worker process, so it has nothing to share and nobody to take over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.core import db
+from app.core.config import get_settings
+from app.models import CaseScore, Cycle, RankingEntry, ScoreShard
+from tests.conftest import Login
+from tests.factories import bulk_cases, create_project, upload_label
+from tests.test_cycles_e2e import delete_keys
+from worker.celery_app import reset_celery
+
+WORKERS = 3
+# A tiny network, but enough MC passes on a 32^3 case that a shard of two cases lasts seconds, and enough steps
+# that training is still running when a checkpoint exists.
+PARAMS = {"strategy": "mc_dropout_variance", "steps": 120, "learning_rate": 0.01, "batch_size": 2,
+          "patch_size": [16, 16, 16], "mc_passes": 60, "channels": [4, 8, 16], "strides": [2, 2],
+          "samples_per_volume": 1, "seed": 2, "val_every": 0}
+
+
+@pytest.fixture
+def redis_env(database_url: str, settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = os.environ.get("NEXTCASE_TEST_REDIS_URL")
+    if not database_url.startswith("postgresql"):
+        pytest.skip("several workers sharing a cycle is the production path (PostgreSQL + Redis)")
+    if not url:
+        pytest.skip("needs NEXTCASE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/15)")
+    prefix = f"nextcase-scale-{uuid.uuid4().hex[:12]}:"
+    for name, value in {"NEXTCASE_BROKER_URL": url, "NEXTCASE_BROKER_KEY_PREFIX": prefix,
+                        "NEXTCASE_SCORE_SHARD_CASES": "2", "NEXTCASE_TRAIN_CHECKPOINT_EVERY_S": "0.5",
+                        # The workers start while the test adds patients: they must not look for a key file.
+                        "NEXTCASE_SECRET_KEY": "scale-test-secret-key-0123456789abcdef"}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    reset_celery()
+    yield prefix
+    delete_keys(url, prefix)
+
+
+@pytest.fixture
+def workers(redis_env: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = []
+    for i in range(WORKERS):
+        log = (tmp_path / f"worker-{i}.log").open("wb")
+        procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "prefork"],
+                                      env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+    yield procs
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _project(client: TestClient, admin: Login, settings_env: Path, name: str, unlabelled: int) -> int:
+    project = create_project(client, admin.headers, name, ["background", "thing"], "CT")
+    ids, mask = bulk_cases(project["id"], unlabelled + 2, settings_env, shape=(32, 32, 32))
+    for case_id in ids[:2]:
+        assert upload_label(client, admin.headers, case_id, mask).status_code == 201
+    return int(project["id"])
+
+
+def _cycle(cycle_id: int) -> Cycle:
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id)
+        assert cycle is not None
+        session.expunge(cycle)
+        return cycle
+
+
+def _shards(cycle_id: int) -> list[ScoreShard]:
+    with db.session_scope() as session:
+        shards = list(session.scalars(select(ScoreShard).where(ScoreShard.cycle_id == cycle_id)
+                                      .order_by(ScoreShard.index)))
+        session.expunge_all()
+        return shards
+
+
+def _wait(what: str, check: Callable[[], Any], tmp_path: Path, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    logs = "\n".join(p.read_text()[-1500:] for p in sorted(tmp_path.glob("worker-*.log")))
+    raise AssertionError(f"timed out waiting for {what}; worker logs:\n{logs}")
+
+
+def _kill(worker: str) -> int:
+    pid = int(worker.rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)  # the pool child running the task; its worker's main process requeues the task
+    return pid
+
+
+def test_workers_share_scoring_and_a_killed_worker_process_costs_the_cycle_nothing(
+    client: TestClient, admin: Login, settings_env: Path, tmp_path: Path, workers: list[Any],
+) -> None:
+    project_id = _project(client, admin, settings_env, "shared", unlabelled=12)
+    r = client.post(f"/api/v1/projects/{project_id}/cycles", json=PARAMS, headers=admin.headers)
+    assert r.status_code == 202, r.text
+    cycle_id = r.json()["id"]
+
+    trainer = _wait("a training checkpoint", lambda: (c := _cycle(cycle_id)).checkpoint_key and c.worker, tmp_path)
+    killed_at = _cycle(cycle_id).progress["checkpoint_step"]
+    _kill(trainer)
+    running = _wait("a shard being scored", lambda: [s for s in _shards(cycle_id) if s.status == "running"], tmp_path)
+    _kill(running[0].worker)
+    cycle = _wait("the cycle to finish", lambda: (c := _cycle(cycle_id)).finished_at and c, tmp_path)
+
+    assert cycle.status == "done", cycle.error
+    assert 0 < killed_at <= cycle.metrics["train_resumed_from"] < PARAMS["steps"]  # resumed, did not start over
+    assert cycle.metrics["train_steps_after_resume"] == PARAMS["steps"] - cycle.metrics["train_resumed_from"]
+    shards = _shards(cycle_id)
+    assert len(shards) == 6 and all(s.status == "done" for s in shards)
+    assert next(s for s in shards if s.index == running[0].index).attempts >= 2  # the killed shard ran again
+    assert len({s.worker for s in shards}) >= 2  # scoring was shared (each shard records its worker process)
+    with db.session_scope() as session:
+        entries = list(session.scalars(select(RankingEntry.case_id).where(RankingEntry.ranking_id == cycle.ranking_id)))
+        scores = session.scalar(select(func.count()).select_from(CaseScore).where(CaseScore.cycle_id == cycle_id))
+    pool = sorted(c for s in shards for c in s.case_ids)
+    assert sorted(entries) == pool and len(set(entries)) == len(entries) == 12 == scores
+
+    # Cancel during sharded scoring stops every shard.
+    second = _project(client, admin, settings_env, "cancelled", unlabelled=12)
+    cycle_id = client.post(f"/api/v1/projects/{second}/cycles", json={**PARAMS, "steps": 10},
+                           headers=admin.headers).json()["id"]
+    _wait("a shard being scored", lambda: [s for s in _shards(cycle_id) if s.status == "running"], tmp_path)
+    assert client.delete(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).status_code in (200, 202)
+    _wait("every shard to stop", lambda: _cycle(cycle_id).status == "cancelled"
+          and not any(s.status == "running" for s in _shards(cycle_id)), tmp_path, timeout=60)
+    done = [s.index for s in _shards(cycle_id) if s.status == "done"]
+    time.sleep(3)  # not a race: nothing may change any more, however long we look
+    assert [s.index for s in _shards(cycle_id) if s.status == "done"] == done and len(done) < 6
+    assert _cycle(cycle_id).ranking_id is None
