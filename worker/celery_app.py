@@ -9,6 +9,10 @@ Delivery choices (see README, "Worker"):
 - One ``gpu`` queue, ``worker_prefetch_multiplier=1`` and concurrency 1: one training at a time per
   GPU, and no task waits in a busy worker's buffer while another worker is idle.
 - No result backend: job state lives in the ``cycles`` table.
+- A light ``interop`` queue for PACS imports and SEG exports (network and DICOM decoding, no GPU): a
+  production worker of its own consumes it (docker-compose ``worker-interop``), so an import never waits
+  behind a training run; the embedded worker consumes both queues. Job state lives in
+  ``dicomweb_imports`` / ``dicom_seg_exports``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from app.core.config import get_settings
 from worker.liveness import LivenessFile
 
 GPU_QUEUE = "gpu"
+INTEROP_QUEUE = "interop"
 
 
 def _transport_options(url: str, visibility_timeout_s: int, key_prefix: str) -> dict[str, Any]:

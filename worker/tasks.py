@@ -1,4 +1,4 @@
-"""Celery tasks: each takes a cycle id and runs one phase through ``worker.pipeline``."""
+"""Celery tasks: a cycle id and one phase through ``worker.pipeline``; or a DICOMweb job id (light queue)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,17 @@ def cycle_chain(cycle_id: int) -> chain:
     steps = [app.signature(f"nextcase.cycle.{phase}", args=(cycle_id,), immutable=True, queue=GPU_QUEUE)
              for phase in pipeline.PHASES]
     return chain(*steps)
+
+
+@celery_app.task(name="nextcase.dicomweb.import")
+def dicomweb_import(import_id: int) -> None:
+    from app.dicomweb.service import run_import
+
+    run_import(import_id)
+
+
+@celery_app.task(name="nextcase.dicomweb.export")
+def dicomweb_export(export_id: int) -> None:
+    from app.dicomweb.service import run_export
+
+    run_export(export_id)
