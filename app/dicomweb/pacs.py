@@ -47,8 +47,12 @@ def connect(base_url: str, credentials: Credentials | None) -> Pacs:
     elif credentials is not None and credentials.kind == "bearer":
         session.headers["Authorization"] = f"Bearer {credentials.secret}"
     session.request = _with_timeout(session.request)  # type: ignore[method-assign]
-    client: Pacs = DICOMwebClient(base_url, session=session)
-    return client
+    client = DICOMwebClient(base_url, session=session)
+    # dicomweb-client retries failed requests with exponential back-off by default (about 30 s against a closed
+    # port); a job reports the failure at once instead, and the admin starts it again.
+    client.set_http_retry_params(retry=False)
+    pacs: Pacs = client
+    return pacs
 
 
 def _with_timeout(request: Callable[..., requests.Response]) -> Callable[..., requests.Response]:

@@ -177,7 +177,6 @@ def run_import(import_id: int, store: BlobStore | None = None) -> None:
         assert source is not None
         base_url, query, allow = source.base_url, dict(job.query), job.allow_modality_mismatch
         project_id, seen = job.project_id, {r["series_instance_uid"] for r in job.results}
-        importer_id = get_or_create_system_user(session, IMPORTER).id
         client = _client(source)
     log.info("dicomweb import started", extra={"import_id": import_id, "project_id": project_id})
     try:
@@ -198,7 +197,7 @@ def run_import(import_id: int, store: BlobStore | None = None) -> None:
     for study_uid, series_uid in found:
         if series_uid in seen:
             continue
-        result = import_series(store, project_id, importer_id, client, base_url, study_uid, series_uid, allow)
+        result = import_series(store, project_id, client, base_url, study_uid, series_uid, allow)
         with session_scope() as session:
             job = session.get(DicomwebImport, import_id)
             assert job is not None
@@ -217,7 +216,7 @@ def _finish_import(import_id: int, status: str, error: str | None) -> None:
 
 
 def import_series(
-    store: BlobStore, project_id: int, importer_id: int, client: pacs.Pacs, base_url: str, study_uid: str,
+    store: BlobStore, project_id: int, client: pacs.Pacs, base_url: str, study_uid: str,
     series_uid: str, allow_modality_mismatch: bool = False,
 ) -> SeriesResult:
     """One series as one case, under the same rules as a DICOM upload; a refusal stores nothing."""
@@ -238,8 +237,7 @@ def import_series(
         del datasets
         with session_scope() as session:
             project = projects.get_project(session, project_id)
-            importer = session.get(User, importer_id)
-            assert importer is not None
+            importer = get_or_create_system_user(session, IMPORTER)  # rolled back with a refused series
             case = cases.ingest_case(session, store, project, patient, image, importer,
                                      allow_modality_mismatch=allow_modality_mismatch)
             case_id = case.id
