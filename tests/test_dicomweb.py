@@ -243,7 +243,8 @@ def test_compressed_transfer_syntaxes_decode_to_the_same_volume(syntax: str) -> 
     assert a.geometry == b.geometry
     from app.cases.imaging import read_nifti
 
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_nifti(a.nifti)), sitk.GetArrayFromImage(read_nifti(b.nifti)))
+    decoded = [sitk.GetArrayFromImage(read_nifti(image.nifti)) for image in (a, b)]
+    np.testing.assert_array_equal(*decoded)
 
 
 def test_the_embedded_worker_consumes_the_interop_queue() -> None:
