@@ -33,6 +33,7 @@ ORIGIN_TOL_VOXELS = 0.01  # fraction of the voxel size along each axis
 DIRECTION_ATOL = 1e-3  # direction cosines
 SLICE_GAP_RTOL = 0.01  # DICOM slice positions must be evenly spaced to within 1 %
 MODALITY_VALUE = re.compile(r"[A-Z0-9_ ]{1,16}")  # the DICOM code-string (CS) alphabet and length
+UID_VALUE = re.compile(r"[0-9]+(\.[0-9]+)*")  # a DICOM UID (UI): digits and dots, at most 64 characters
 
 
 @dataclass(frozen=True)
@@ -331,24 +332,30 @@ def dicom_series_image(
 
 
 def _references(ordered: list[pydicom.Dataset]) -> DicomReferences | None:
-    """None when the slices lack what a SEG must reference (SOP Instance UIDs, distinct, and a Study UID).
-
-    Such a series is still a valid image; only its SEG export is impossible (and says so).
+    """None when the slices lack what a SEG must reference: valid, distinct SOP Instance UIDs and valid Study,
+    Series and SOP Class UIDs (a SEG cannot reference a malformed UID). Such a series is still a valid image;
+    only its SEG export is impossible (and says so).
     """
     first = ordered[0]
     sop_uids = tuple(str(d.get("SOPInstanceUID", "") or "") for d in ordered)
-    if any(not uid for uid in sop_uids) or len(set(sop_uids)) != len(sop_uids) or not first.get("StudyInstanceUID"):
+    series_level = [str(first.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")]
+    if not all(_is_uid(uid) for uid in (*sop_uids, *series_level)) or len(set(sop_uids)) != len(sop_uids):
         return None
+    frame_of_reference = str(first.get("FrameOfReferenceUID", "") or "")
     return DicomReferences(
-        study_instance_uid=str(first.get("StudyInstanceUID", "") or ""),
-        series_instance_uid=str(first.SeriesInstanceUID),
-        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or "") or None,
-        sop_class_uid=str(first.get("SOPClassUID", "") or ""),
+        study_instance_uid=series_level[0],
+        series_instance_uid=series_level[1],
+        frame_of_reference_uid=frame_of_reference if _is_uid(frame_of_reference) else None,
+        sop_class_uid=series_level[2],
         instances=sop_uids,
         positions=tuple((float(p[0]), float(p[1]), float(p[2])) for p in (_position(d) for d in ordered)),
         orientation=tuple(float(v) for v in first.ImageOrientationPatient),
         pixel_spacing=(float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
     )
+
+
+def _is_uid(value: str) -> bool:
+    return len(value) <= 64 and UID_VALUE.fullmatch(value) is not None
 
 
 def _series_modality(datasets: list[pydicom.Dataset]) -> str | None:

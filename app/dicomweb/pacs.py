@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import pydicom
+import pydicom.datadict
 import requests
 from pydicom.dataset import Dataset
 
@@ -116,7 +117,8 @@ def patient_study(pacs: Pacs, base_url: str, study_uid: str, series_uid: str) ->
     metadata = call("WADO-RS series metadata", base_url, lambda: pacs.retrieve_series_metadata(study_uid, series_uid))
     if not metadata:
         return None
-    first = Dataset.from_json(metadata[0])
+    wanted = {pydicom.datadict.tag_for_keyword(k) for k in PATIENT_STUDY}
+    first = Dataset.from_json({k: v for k, v in metadata[0].items() if int(k, 16) in wanted})  # no bulk data
     out = Dataset()
     for keyword in PATIENT_STUDY:
         if keyword in first:

@@ -267,7 +267,8 @@ def _patient_key(datasets: list[pydicom.Dataset]) -> str:
 def dicom_origin(session: Session, case: Case) -> DicomReference:
     refs = cases.dicom_references(session, case)
     if refs is None:
-        origin = ("a DICOM upload made before NextCase kept those references" if case.source_format == "dicom"
+        origin = ("a DICOM series whose references were not kept (uploaded before NextCase kept them, or with "
+                  "malformed UIDs)" if case.source_format == "dicom"
                   else f"a {case.source_format} file")
         raise Conflict(
             f"case {case.id} has no DICOM origin: a DICOM SEG must reference the source series' instances (Study, "
