@@ -41,6 +41,11 @@ class Engine(StrEnum):
     direct = "direct"
 
 
+class ExportFormat(StrEnum):
+    msd = "msd"
+    nnunet = "nnunet"
+
+
 class Device(StrEnum):
     cpu = "cpu"
     cuda = "cuda"
@@ -151,6 +156,10 @@ def _bootstrap_admin() -> str | None:
         return auth.issue_token(session, auth.create_user(session, name, "admin")).token
 
 
+# The embedded worker runs cycles (gpu) and PACS imports / SEG exports (interop), one task at a time.
+EMBEDDED_QUEUES = "gpu,interop"
+
+
 def start_embedded_worker() -> subprocess.Popen[bytes]:
     """The embedded default's worker: the same Celery tasks, in a child process, on a SQLite broker."""
     from app.core import db
@@ -159,7 +168,8 @@ def start_embedded_worker() -> subprocess.Popen[bytes]:
     with db.session_scope() as session:
         fail_interrupted(session)
     _declare_task_queue()
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "solo", "--quiet"],
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "solo", "--quiet",
+                             "--queues", EMBEDDED_QUEUES],
                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
 
@@ -167,10 +177,11 @@ def _declare_task_queue() -> None:
     """Create the embedded broker's tables and queue row before two processes race to: kombu's SQLAlchemy
     transport guards its get-or-create with an in-process lock only, so the API's first publish and the
     starting worker both inserted the row and one failed (IntegrityError, a 503 on the first cycle)."""
-    from worker.celery_app import GPU_QUEUE, celery_app
+    from worker.celery_app import celery_app
 
     with celery_app.connection_for_write() as conn:
-        celery_app.amqp.queues[GPU_QUEUE].bind(conn.default_channel).declare()
+        for queue in EMBEDDED_QUEUES.split(","):
+            celery_app.amqp.queues[queue].bind(conn.default_channel).declare()
 
 
 def _die_with_parent() -> None:
@@ -274,6 +285,39 @@ def import_msd_cmd(
         raise typer.Exit(1)
 
 
+@cli.command("export")
+def export_cmd(
+    project: Annotated[str, typer.Argument(help="project name")],
+    out_dir: Annotated[Path, typer.Argument(file_okay=False, help="folder to write (created; should be empty)")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="msd: Medical Segmentation Decathlon; nnunet: "
+                                                 "nnU-Net v2 raw (name the folder DatasetXXX_Name)")],
+    split: Annotated[str, typer.Option("--split", help="comma-separated splits to include")] = "pool,validation,test",
+) -> None:
+    """Write the latest label version of every labelled case, with its image, as a training set."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from app.core import db
+    from app.core.storage import get_blob_store
+    from app.projects.service import find_project
+    from app.training_sets.service import parse_splits, plan, write_folder
+
+    prepare_database()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} is not empty; export into a new folder")
+    with db.session_scope() as session:
+        found = find_project(session, project)
+        if found is None:
+            raise UserError(f"no project named {project!r}")
+        training_set = plan(session, found.id, format.value, parse_splits(split))
+    console = Console()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"exporting {project}", total=len(training_set.cases))
+        write_folder(training_set, get_blob_store(), out_dir, on_case=lambda _: progress.advance(task))
+    console.print(f"wrote {len(training_set.cases)} labelled cases to {out_dir} ({format.value})")
+
+
 @cli.command()
 def simulate(
     dataset_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="labelled MSD folder")],
@@ -349,11 +393,12 @@ def simulate(
 def worker_cmd(
     pool: Annotated[Pool, typer.Option(help="prefork (production) or solo (embedded)")] = Pool.prefork,
     concurrency: Annotated[int, typer.Option(help="parallel tasks; keep 1 per GPU")] = 1,
-    queues: Annotated[str, typer.Option(help="queues to consume")] = "gpu",
+    queues: Annotated[str, typer.Option(help="queues to consume: gpu (cycles), interop (PACS imports, SEG exports)")]
+    = "gpu",
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
     quiet: Annotated[bool, typer.Option(help="no start-up banner (the embedded worker)")] = False,
 ) -> None:
-    """Run a Celery worker for retraining cycles (train, evaluate, score, publish)."""
+    """Run a Celery worker: retraining cycles (queue gpu) and/or DICOMweb imports and SEG exports (queue interop)."""
     from app.core.config import get_settings
     from app.core.logging import setup_logging
     from worker.celery_app import celery_app

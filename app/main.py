@@ -22,12 +22,14 @@ from app.core.errors import install_handlers, problem, problem_responses
 from app.core.logging import keep_identifiers_out_of_library_output
 from app.core.storage import get_blob_store
 from app.cycles.router import router as cycles_router
+from app.dicomweb.router import router as dicomweb_router
 from app.metrics.router import router as metrics_router
 from app.metrics.service import get_metrics
 from app.monailabel.router import router as monailabel_router
 from app.projects.router import router as projects_router
 from app.queue.router import router as queue_router
 from app.review.router import router as review_router
+from app.training_sets.router import router as training_sets_router
 
 log = logging.getLogger("nextcase.http")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -43,7 +45,7 @@ def create_app() -> FastAPI:
     get_metrics(app.state)
     keep_identifiers_out_of_library_output()
     for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, campaign_router,
-                   monailabel_router, review_router, metrics_router):
+                   dicomweb_router, training_sets_router, monailabel_router, review_router, metrics_router):
         app.include_router(router)
     _document_size_checks(app)
     app.add_middleware(AuthenticateUploadsFirst)  # inside _limit_and_log: the 401 is logged too

@@ -421,3 +421,83 @@ class ScoreShard(Base):
     scored: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class DicomReference(Base):
+    """What a DICOM SEG of a DICOM-born case must reference (PACS imports and DICOM uploads alike).
+
+    A table of its own so that no annotator-facing query reads it: only the SEG export and admins do.
+    UIDs are identifiers of objects, kept on purpose; names, ids and dates of the source headers are not
+    stored anywhere. ``instances`` and ``positions`` follow the case's slice order (index k is slice z = k).
+    """
+
+    __tablename__ = "dicom_references"
+    __table_args__ = (
+        UniqueConstraint("project_id", "series_instance_uid", name="uq_dicom_references_project_series"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(String(64), default=None)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    instances: Mapped[list[Any]] = mapped_column(JSON)
+    positions: Mapped[list[Any]] = mapped_column(JSON)
+    orientation: Mapped[list[Any]] = mapped_column(JSON)
+    pixel_spacing: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DicomwebSource(Base):
+    """A project's DICOMweb endpoint (a PACS). Credentials are stored encrypted and never returned."""
+
+    __tablename__ = "dicomweb_sources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    base_url: Mapped[str] = mapped_column(String(500))
+    auth: Mapped[str] = mapped_column(String(8))  # none | basic | bearer
+    # Fernet token of the credentials' JSON, keyed from the secret key (app.dicomweb.credentials).
+    credentials: Mapped[str | None] = mapped_column(Text, default=None)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+JOB_STATES = ("queued", "running", "done", "failed")
+
+
+class DicomwebImport(Base):
+    """One PACS import (one case per series); its state, progress and per-series results live here."""
+
+    __tablename__ = "dicomweb_imports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("dicomweb_sources.id"))
+    query: Mapped[dict[str, Any]] = mapped_column(JSON)
+    allow_modality_mismatch: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    series_total: Mapped[int | None] = mapped_column(Integer, default=None)
+    series_done: Mapped[int] = mapped_column(Integer, default=0)
+    results: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class DicomSegExport(Base):
+    """One label version sent to the project's DICOMweb source as a DICOM SEG (STOW-RS), and how it went."""
+
+    __tablename__ = "dicom_seg_exports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    label_version_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id"))
+    source_id: Mapped[int] = mapped_column(ForeignKey("dicomweb_sources.id"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), default=None)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)

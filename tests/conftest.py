@@ -171,3 +171,64 @@ def live_server(settings_env: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class OrthancServer:
+    url: str  # the REST root
+    user: str
+    password: str
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """A real Orthanc (Debian's orthanc + orthanc-dicomweb) on a free port, with basic auth, for the whole run."""
+    import json
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    binary = shutil.which("Orthanc")
+    plugin = next((p for p in (Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+                               *Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*")) if p.exists()), None)
+    if binary is None or plugin is None:
+        pytest.skip("needs Orthanc with its DICOMweb plugin (apt-get install orthanc orthanc-dicomweb; .ci/run does)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = tmp_path_factory.mktemp("orthanc")
+    server = OrthancServer(f"http://127.0.0.1:{port}", "nextcase", "orthanc-test-password")
+    config = {
+        "Name": "nextcase-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": True, "AuthenticationEnabled": True,
+        "RegisteredUsers": {server.user: server.password}, "Plugins": [str(plugin)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 1,
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = (root / "orthanc.log").open("wb")
+    proc = subprocess.Popen([binary, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{server.url}/system", auth=(server.user, server.password)).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not start: {(root / 'orthanc.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -121,6 +121,7 @@ def dicom_slices(
         if modality is not None:
             ds.Modality = modality
         ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.100"
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.200"
         ds.SeriesInstanceUID = series_uid
         ds.InstanceNumber = i + 1
         ds.ImagePositionPatient = [-50.0, -40.0, 10.0 + i * spacing]

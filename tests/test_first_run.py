@@ -296,7 +296,7 @@ def test_the_embedded_queue_exists_before_the_worker_and_the_api_race_to_create_
         _declare_task_queue()
         _declare_task_queue()  # idempotent: a restart declares it again
         with sqlite3.connect(tmp_path / "broker.sqlite") as conn:
-            assert conn.execute("SELECT name FROM kombu_queue").fetchall() == [("gpu",)]
+            assert conn.execute("SELECT name FROM kombu_queue ORDER BY name").fetchall() == [("gpu",), ("interop",)]
     finally:
         get_settings.cache_clear()
         reset_celery()

@@ -25,6 +25,7 @@ def api_schema(client: TestClient, admin: Login, database_url: str, monkeypatch:
     if not database_url.startswith("sqlite"):
         pytest.skip("HTTP-level fuzzing: one database is enough")
     monkeypatch.setattr("app.cycles.service.enqueue", lambda cycle_id: None)  # no worker: cycles stay queued
+    monkeypatch.setattr("app.dicomweb.service.enqueue", lambda task, job_id: None)  # PACS jobs stay queued
     project = create_project(client, admin.headers)  # id 1 and case 1 exist, so generated ids sometimes hit
     assert upload_case(client, admin.headers, project["id"], encode(volume())).status_code == 201
     return schemathesis.openapi.from_asgi("/openapi.json", client.app)

@@ -14,6 +14,10 @@ Delivery choices (see README, "Worker"):
   ``gpu`` queue score one cycle together. A shard whose worker process is killed is requeued at once by
   the worker's main process (``task_reject_on_worker_lost``) and scores only the cases left; a train
   phase requeued that way resumes from its last checkpoint.
+- A light ``interop`` queue for PACS imports and SEG exports (network and DICOM decoding, no GPU): a
+  production worker of its own consumes it (docker-compose ``worker-interop``), so an import never waits
+  behind a training run; the embedded worker consumes both queues. Job state lives in
+  ``dicomweb_imports`` / ``dicom_seg_exports``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from app.core.config import get_settings
 from worker.liveness import DatabaseHeartbeat, LivenessFile
 
 GPU_QUEUE = "gpu"
+INTEROP_QUEUE = "interop"
 
 
 def _transport_options(url: str, visibility_timeout_s: int, key_prefix: str) -> dict[str, Any]:

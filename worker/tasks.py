@@ -1,4 +1,5 @@
-"""Celery tasks: each takes a cycle id (and a shard index) and runs one step through ``worker.pipeline``.
+"""Celery tasks: a cycle id (and a shard index) and one step through ``worker.pipeline``; or a DICOMweb job id
+(light ``interop`` queue).
 
 The score phase spreads over workers: the ``score`` task splits the unlabelled cases into shards and replaces
 itself with a group of ``score_shard`` tasks; Celery turns a group that replaces a task inside a chain into a
@@ -52,3 +53,17 @@ def cycle_chain(cycle_id: int) -> chain:
     steps = [app.signature(f"nextcase.cycle.{phase}", args=(cycle_id,), immutable=True, queue=GPU_QUEUE)
              for phase in pipeline.PHASES]
     return chain(*steps)
+
+
+@celery_app.task(name="nextcase.dicomweb.import")
+def dicomweb_import(import_id: int) -> None:
+    from app.dicomweb.service import run_import
+
+    run_import(import_id)
+
+
+@celery_app.task(name="nextcase.dicomweb.export")
+def dicomweb_export(export_id: int) -> None:
+    from app.dicomweb.service import run_export
+
+    run_export(export_id)

@@ -33,6 +33,7 @@ ORIGIN_TOL_VOXELS = 0.01  # fraction of the voxel size along each axis
 DIRECTION_ATOL = 1e-3  # direction cosines
 SLICE_GAP_RTOL = 0.01  # DICOM slice positions must be evenly spaced to within 1 %
 MODALITY_VALUE = re.compile(r"[A-Z0-9_ ]{1,16}")  # the DICOM code-string (CS) alphabet and length
+UID_VALUE = re.compile(r"[0-9]+(\.[0-9]+)*")  # a DICOM UID (UI): digits and dots, at most 64 characters
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,31 @@ class Geometry:
 
 
 @dataclass(frozen=True)
+class DicomReferences:
+    """What a DICOM SEG of the case must reference: identifiers of the source series, never names or dates.
+
+    ``instances`` and ``positions`` follow the case's slice order (index k is slice z = k of the stored image).
+    Kept apart from the case (see app.models.DicomReference): only the SEG export and admins read it.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str | None
+    sop_class_uid: str
+    instances: tuple[str, ...]  # SOP Instance UIDs
+    positions: tuple[tuple[float, float, float], ...]  # Image Position (Patient) of each slice
+    orientation: tuple[float, ...]  # Image Orientation (Patient), six direction cosines
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) as DICOM writes it
+
+
+@dataclass(frozen=True)
 class CanonicalImage:
     nifti: bytes  # gzip-compressed NIfTI, the stored form
     geometry: Geometry
     dtype: str
     source_format: str
     modality: str | None = None  # DICOM Modality (0008,0060); None when the format carries none
+    references: DicomReferences | None = None  # DICOM-born images only; stored apart from the case
 
 
 def volume_suffix(filename: str) -> str | None:
@@ -157,7 +177,9 @@ def _require_finite_voxels(array: np.ndarray) -> None:
         raise InvalidUpload("the image holds NaN or infinite voxel values", field="file")
 
 
-def _canonical(image: sitk.Image, source_format: str, modality: str | None = None) -> CanonicalImage:
+def _canonical(
+    image: sitk.Image, source_format: str, modality: str | None = None, references: DicomReferences | None = None,
+) -> CanonicalImage:
     _require_valid_geometry(image, "the image")
     array = sitk.GetArrayViewFromImage(image)
     _require_finite_voxels(array)
@@ -165,7 +187,7 @@ def _canonical(image: sitk.Image, source_format: str, modality: str | None = Non
     clean.CopyInformation(image)  # geometry only: spacing, origin, direction
     return CanonicalImage(
         nifti=write_nifti(clean), geometry=Geometry.of(clean), dtype=str(array.dtype), source_format=source_format,
-        modality=modality,
+        modality=modality, references=references,
     )
 
 
@@ -239,31 +261,52 @@ def _read_dicom(f: UploadedFile) -> pydicom.Dataset:
         ds = pydicom.dcmread(io.BytesIO(f.data))
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
         raise InvalidUpload(f"{f.filename!r} is not a readable DICOM file", field="file") from exc
+    check_dicom_slice(ds, repr(f.filename))
+    return ds
+
+
+def check_dicom_slice(ds: pydicom.Dataset, name: str) -> None:
+    """Refuse a slice without the geometry a volume needs; ``name`` says which slice (never a header value)."""
     missing = [t for t in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
                if t not in ds]
     if missing:
-        raise InvalidUpload(f"{f.filename!r} lacks the DICOM attribute(s) {', '.join(missing)}", field="file")
+        raise InvalidUpload(f"{name} lacks the DICOM attribute(s) {', '.join(missing)}", field="file")
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        raise InvalidUpload(f"{f.filename!r} is a multi-frame DICOM object; send single-frame slices", field="file")
+        raise InvalidUpload(f"{name} is a multi-frame DICOM object; send single-frame slices", field="file")
     try:
         geometry_ok = len(ds.ImageOrientationPatient) == 6 and len(ds.ImagePositionPatient) == 3 and len(
             ds.PixelSpacing) == 2 and all(float(v) for v in ds.PixelSpacing)
     except (TypeError, ValueError):
         geometry_ok = False
     if not geometry_ok:
-        raise InvalidUpload(f"{f.filename!r} has malformed position, orientation or pixel spacing", field="file")
-    return ds
+        raise InvalidUpload(f"{name} has malformed position, orientation or pixel spacing", field="file")
 
 
-def read_dicom_series(files: list[UploadedFile]) -> tuple[sitk.Image, str, str | None]:
+def read_dicom_series(
+    files: list[UploadedFile],
+) -> tuple[sitk.Image, str, str | None, DicomReferences | None]:
+    """Build a 3D image from the slices of exactly one DICOM series (see :func:`dicom_series_image`)."""
+    return dicom_series_image([_read_dicom(f) for f in files])
+
+
+def read_dicom_datasets(datasets: list[pydicom.Dataset]) -> CanonicalImage:
+    """The canonical image of one series already parsed (e.g. retrieved over DICOMweb): same rules as uploads."""
+    for i, ds in enumerate(datasets):
+        check_dicom_slice(ds, f"slice {i + 1} of the series")
+    return _canonical(*dicom_series_image(datasets))
+
+
+def dicom_series_image(
+    datasets: list[pydicom.Dataset],
+) -> tuple[sitk.Image, str, str | None, DicomReferences | None]:
     """Build a 3D image from the slices of exactly one DICOM series.
 
     Slices are sorted by their position along the slice normal; the spacing between them must be
     uniform (a missing slice is rejected rather than silently stretched). Rescale slope and
     intercept are applied. Only geometry and pixels are kept, plus the series' Modality, which the
-    ingest checks against the project's. Returns the image, ``"dicom"`` and the modality.
+    ingest checks against the project's, and the UIDs a DICOM SEG must reference (kept apart).
+    Returns the image, ``"dicom"``, the modality and the references.
     """
-    datasets = [_read_dicom(f) for f in files]
     series: dict[str, list[pydicom.Dataset]] = defaultdict(list)
     for ds in datasets:
         series[str(ds.SeriesInstanceUID)].append(ds)
@@ -285,7 +328,34 @@ def read_dicom_series(files: list[UploadedFile]) -> tuple[sitk.Image, str, str |
     image.SetSpacing((pixel_spacing[1], pixel_spacing[0], slice_spacing))
     image.SetOrigin(tuple(float(v) for v in _position(ordered[0])))
     image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
-    return image, "dicom", _series_modality(datasets)
+    return image, "dicom", _series_modality(datasets), _references(ordered)
+
+
+def _references(ordered: list[pydicom.Dataset]) -> DicomReferences | None:
+    """None when the slices lack what a SEG must reference: valid, distinct SOP Instance UIDs and valid Study,
+    Series and SOP Class UIDs (a SEG cannot reference a malformed UID). Such a series is still a valid image;
+    only its SEG export is impossible (and says so).
+    """
+    first = ordered[0]
+    sop_uids = tuple(str(d.get("SOPInstanceUID", "") or "") for d in ordered)
+    series_level = [str(first.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")]
+    if not all(_is_uid(uid) for uid in (*sop_uids, *series_level)) or len(set(sop_uids)) != len(sop_uids):
+        return None
+    frame_of_reference = str(first.get("FrameOfReferenceUID", "") or "")
+    return DicomReferences(
+        study_instance_uid=series_level[0],
+        series_instance_uid=series_level[1],
+        frame_of_reference_uid=frame_of_reference if _is_uid(frame_of_reference) else None,
+        sop_class_uid=series_level[2],
+        instances=sop_uids,
+        positions=tuple((float(p[0]), float(p[1]), float(p[2])) for p in (_position(d) for d in ordered)),
+        orientation=tuple(float(v) for v in first.ImageOrientationPatient),
+        pixel_spacing=(float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
+    )
+
+
+def _is_uid(value: str) -> bool:
+    return len(value) <= 64 and UID_VALUE.fullmatch(value) is not None
 
 
 def _series_modality(datasets: list[pydicom.Dataset]) -> str | None:

@@ -14,13 +14,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pydicom
 from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.cases import repository as repo
-from app.cases.imaging import CanonicalImage, Geometry, UploadedFile, read_case_upload, read_label_upload
+from app.cases.imaging import (
+    CanonicalImage,
+    DicomReferences,
+    Geometry,
+    UploadedFile,
+    read_case_upload,
+    read_dicom_datasets,
+    read_label_upload,
+)
 from app.cases.schemas import CasePublic, LabelVersionPublic
 from app.cases.slicer_segmentation import read_slicer_segmentation
 from app.core.config import get_settings
@@ -28,7 +37,7 @@ from app.core.db import session_scope
 from app.core.errors import Conflict, InvalidRequest, ModalityMismatch, NotFound, UploadTooLarge
 from app.core.secret_key import patient_key
 from app.core.storage import BlobStore, StoredBlob
-from app.models import Case, LabelVersion, Lease, Patient, Project, User, utcnow
+from app.models import Case, DicomReference, LabelVersion, Lease, Patient, Project, User, utcnow
 from app.review import service as review
 
 SPLITS = ("pool", "validation", "test")
@@ -98,6 +107,16 @@ def decode_case(files: list[UploadedFile]) -> CanonicalImage:
     return read_case_upload(files)
 
 
+def decode_dicom_series(datasets: list[pydicom.Dataset]) -> CanonicalImage:
+    """Like :func:`decode_case` for the slices of one series already parsed (a PACS import)."""
+    limit = get_settings().max_upload_bytes
+    total = sum(len(ds.PixelData) for ds in datasets if "PixelData" in ds)
+    if total > limit:
+        raise UploadTooLarge(f"the series holds {total / 2**20:.1f} MiB of pixel data; the limit is "
+                             f"NEXTCASE_MAX_UPLOAD_MB={get_settings().max_upload_mb}", field="file")
+    return read_dicom_datasets(datasets)
+
+
 def check_modality(project: Project, image: CanonicalImage, allow_mismatch: bool) -> bool:
     """Refuse a DICOM series of another modality than the project's; True when a mismatch was allowed.
 
@@ -138,9 +157,40 @@ def ingest_case(
         )
         session.add(case)
         session.flush()
+        if image.references is not None:
+            _add_references(session, case, image.references)
         audit.record(session, "case.create", user_id=user.id, project_id=project.id, case_id=case.id,
                      source_format=image.source_format, **({"series_modality": image.modality} if overridden else {}))
         return case
+
+
+def _add_references(session: Session, case: Case, refs: DicomReferences) -> None:
+    """Keep what a SEG of the case must reference; a series already in the project is refused (409)."""
+    existing = repo.case_of_series(session, case.project_id, refs.series_instance_uid)
+    if existing is not None:
+        raise Conflict(f"this DICOM series is already case {existing} of the project", field="file")
+    session.add(DicomReference(
+        case_id=case.id, project_id=case.project_id, study_instance_uid=refs.study_instance_uid,
+        series_instance_uid=refs.series_instance_uid, frame_of_reference_uid=refs.frame_of_reference_uid,
+        sop_class_uid=refs.sop_class_uid, instances=list(refs.instances), positions=[list(p) for p in refs.positions],
+        orientation=list(refs.orientation), pixel_spacing=list(refs.pixel_spacing),
+    ))
+    session.flush()
+
+
+def dicom_references(session: Session, case: Case) -> DicomReference | None:
+    """The DICOM origin of a case, for the SEG export and admins only (never in an annotator's response)."""
+    return repo.dicom_reference(session, case.id)
+
+
+def case_of_series(session: Session, project_id: int, series_instance_uid: str) -> int | None:
+    """The project's case made from this DICOM series, if any (a series imported twice is one case)."""
+    return repo.case_of_series(session, project_id, series_instance_uid)
+
+
+def latest_labels(session: Session, project_id: int, splits: list[str]) -> list[tuple[Case, LabelVersion]]:
+    """Every labelled live case of the splits with its latest label version (training-set export)."""
+    return repo.labelled_cases(session, project_id, splits)
 
 
 def find_same_image(session: Session, project: Project, image: CanonicalImage) -> Case | None:

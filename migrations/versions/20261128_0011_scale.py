@@ -1,7 +1,7 @@
 """Scale: worker heartbeats (for /metrics), score shards (scoring spread over workers), training checkpoints.
 
 Revision ID: 0011
-Revises: 0009_review
+Revises: 0010_dicomweb
 Create Date: 2026-11-28
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009_review"
+down_revision = "0010_dicomweb"
 branch_labels = None
 depends_on = None
 
