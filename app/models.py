@@ -415,7 +415,7 @@ class ScoreShard(Base):
     cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"), index=True)
     index: Mapped[int] = mapped_column(Integer)
     case_ids: Mapped[list[Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | stopped
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     scored: Mapped[int] = mapped_column(Integer, default=0)

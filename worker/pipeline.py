@@ -426,13 +426,22 @@ def run_shard(cycle_id: int, index: int, store: BlobStore | None = None) -> None
             _score_cases(cycle_id, case_ids, store)
     except (CycleCancelled, Cancelled):
         _finish(cycle_id, "cancelled", "cancelled by an admin during score")
+        _stop_shard(cycle_id, index)
         return
     except Exception as exc:
         detail = str(exc) if isinstance(exc, CycleError) else f"{type(exc).__name__}: {exc}"
         _finish(cycle_id, "failed", f"score failed (shard {index}): {detail}")
+        _stop_shard(cycle_id, index)
         log.exception("cycle failed", extra={"cycle_id": cycle_id, "phase": "score", "shard": index})
         return
     _complete_shard(cycle_id, index)
+
+
+def _stop_shard(cycle_id: int, index: int) -> None:
+    with db.session_scope() as session:
+        shard = session.scalar(select(ScoreShard).where(ScoreShard.cycle_id == cycle_id, ScoreShard.index == index))
+        if shard is not None and shard.status == "running":
+            shard.status, shard.finished_at = "stopped", utcnow()
 
 
 def _claim_shard(cycle_id: int, index: int) -> list[int] | None:
