@@ -240,6 +240,11 @@ class Lease(Base):
     """History of claims; the live one is also referenced from ``cases.lease_id``."""
 
     __tablename__ = "leases"
+    # A claim looks up the cases its annotator skipped: through this index it reads their skips only, not every
+    # lease they ever held, so a claim does not slow down as an annotator's history grows.
+    __table_args__ = (Index("ix_leases_user_skipped", "user_id", "case_id", "ended_at",
+                            postgresql_where=text("end_reason = 'skipped'"),
+                            sqlite_where=text("end_reason = 'skipped'")),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token: Mapped[str] = mapped_column(String(64), unique=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)

@@ -151,13 +151,14 @@ def prediction_key(session: Session, model_version_id: int, case_id: int) -> str
         .where(ModelVersion.id == model_version_id, CaseScore.case_id == case_id))
 
 
+def skipped_query(project_id: int, user_id: int) -> Select[int]:
+    """The cases a user skipped in a project; ``ix_leases_user_skipped`` holds exactly the rows it reads."""
+    return (select(Lease.case_id).join(Case, Case.id == Lease.case_id)
+            .where(Case.project_id == project_id, Lease.user_id == user_id, Lease.end_reason == "skipped"))
+
+
 def skipped_by(session: Session, project_id: int, user_id: int) -> set[int]:
-    rows = session.scalars(
-        select(Lease.case_id)
-        .join(Case, Case.id == Lease.case_id)
-        .where(Case.project_id == project_id, Lease.user_id == user_id, Lease.end_reason == "skipped")
-    )
-    return set(rows)
+    return set(session.scalars(skipped_query(project_id, user_id)))
 
 
 def lease_by_token(session: Session, token: str) -> Lease | None:

@@ -1,4 +1,5 @@
-"""Scale: worker heartbeats (for /metrics), score shards (scoring spread over workers), training checkpoints.
+"""Scale: worker heartbeats (for /metrics), score shards (scoring spread over workers), training checkpoints, and
+a partial index of skipped leases (a claim reads an annotator's skips, not their whole lease history).
 
 Revision ID: 0011
 Revises: 0010_dicomweb
@@ -41,9 +42,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_score_shards_cycle_id", "score_shards", ["cycle_id"])
     op.add_column("cycles", sa.Column("checkpoint_key", sa.String(200), nullable=True))
+    skipped = sa.text("end_reason = 'skipped'")
+    op.create_index("ix_leases_user_skipped", "leases", ["user_id", "case_id", "ended_at"],
+                    postgresql_where=skipped, sqlite_where=skipped)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_leases_user_skipped", table_name="leases")
     op.drop_column("cycles", "checkpoint_key")
     op.drop_index("ix_score_shards_cycle_id", table_name="score_shards")
     op.drop_table("score_shards")
