@@ -2,7 +2,9 @@
 
 Seeds a throw-away database with CASES cases, starts ``nextcase serve`` on it, then for each
 client count N runs N concurrent annotators that claim the next case and release it, for a fixed
-time, and prints claim latency (p50 / p99), release latency and claims per second.
+time, and prints claim latency (p50 / p99), release latency and claims per second. Then the same load
+against the minimal reference claim (benchmarks/reference_claim.py: one UPDATE … SKIP LOCKED statement, no
+authentication, ranking or audit) on the same database, and NextCase's figures as ratios to it.
 
     .venv/bin/python -m benchmarks.queue_load --clients 1,8,32,64 --seconds 15
 
@@ -71,6 +73,46 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("server did not become ready")
 
 
+def start_reference(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.reference_claim:app", "--port", str(port),
+                             "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("reference server did not start")
+
+
+def run_reference(base: str, project_id: int, clients: int, seconds: float) -> tuple[list[float], list[float]]:
+    claims: list[float] = []
+    releases: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(_: int) -> None:
+        mine_c, mine_r = [], []
+        with httpx.Client(base_url=base, timeout=60) as http:
+            while time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                r = http.post(f"/claim/{project_id}")
+                t1 = time.perf_counter()
+                r.raise_for_status()
+                http.delete(f"/claim/{r.json()['case']}").raise_for_status()
+                mine_c.append(t1 - t0)
+                mine_r.append(time.perf_counter() - t1)
+        with lock:
+            claims.extend(mine_c)
+            releases.extend(mine_r)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return claims, releases
+
+
 def run_clients(base: str, project_id: int, tokens: list[str], seconds: float) -> tuple[list[float], list[float]]:
     claims: list[float] = []
     releases: list[float] = []
@@ -121,17 +163,32 @@ def main() -> None:
     get_settings.cache_clear()
     db.configure()
     project_id, tokens = seed(args.cases, max(counts), blob_dir)
+    header = f"{'clients':>7} {'claims':>7} {'claims/s':>9} {'claim p50':>10} {'claim p99':>10} {'release p50':>12}"
+    ours: dict[int, tuple[float, float]] = {}
     server = start_server(env, args.port)
     try:
         print(f"{args.cases} cases, PostgreSQL, {args.seconds:.0f} s per row, claim + release per iteration")
-        print(f"{'clients':>7} {'claims':>7} {'claims/s':>9} {'claim p50':>10} {'claim p99':>10} {'release p50':>12}")
+        print(f"NextCase (POST /api/v1/projects/{{id}}/queue/next, DELETE /api/v1/leases/{{token}})\n{header}")
         for n in counts:
             claims, releases = run_clients(f"http://127.0.0.1:{args.port}", project_id, tokens[:n], args.seconds)
+            ours[n] = (len(claims) / args.seconds, pct(claims, 50))
             print(f"{n:>7} {len(claims):>7} {len(claims) / args.seconds:>9.1f} {pct(claims, 50):>8.1f}ms "
                   f"{pct(claims, 99):>8.1f}ms {pct(releases, 50):>10.1f}ms", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
+    reference = start_reference(env, args.port + 1)
+    try:
+        print(f"\nReference claim (benchmarks/reference_claim.py)\n{header}"
+              f" {'NextCase p50 / ref':>19} {'ref claims/s / NextCase':>24}")
+        for n in counts:
+            claims, releases = run_reference(f"http://127.0.0.1:{args.port + 1}", project_id, n, args.seconds)
+            rate, p50 = len(claims) / args.seconds, pct(claims, 50)
+            print(f"{n:>7} {len(claims):>7} {rate:>9.1f} {p50:>8.1f}ms {pct(claims, 99):>8.1f}ms "
+                  f"{pct(releases, 50):>10.1f}ms {ours[n][1] / p50:>19.2f} {rate / ours[n][0]:>24.2f}", flush=True)
+    finally:
+        reference.terminate()
+        reference.wait(timeout=30)
         db.dispose()
 
 

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event, update
 
+from app.core import db
+from app.models import ApiToken, utcnow
 from tests.conftest import Login
 
 
@@ -70,3 +74,35 @@ def test_bad_role_is_422_naming_the_field(client: TestClient, admin: Login) -> N
     r = client.post("/api/v1/users", json={"name": "dave", "role": "root"}, headers=admin.headers)
     assert r.status_code == 422
     assert r.json()["field"] == "role"
+
+
+def test_a_checked_token_is_trusted_for_the_cache_bound_and_a_revocation_here_acts_at_once(
+    client: TestClient, admin: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.auth import service as auth_service
+    from app.core.config import get_settings
+
+    monkeypatch.setenv("NEXTCASE_TOKEN_CACHE_S", "5")
+    get_settings.cache_clear()
+    clock = [1000.0]
+    monkeypatch.setattr(auth_service.time, "monotonic", lambda: clock[0])
+    user = client.post("/api/v1/users", json={"name": "cached", "role": "annotator"}, headers=admin.headers).json()
+    headers = {"Authorization": f"Bearer {user['token']}"}
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+
+    statements: list[str] = []
+    event.listen(db.get_engine(), "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+    assert not any("api_tokens" in sql for sql in statements)  # within the bound: checked in memory
+
+    with db.session_scope() as session:  # revoked elsewhere (another API process): trusted until the bound
+        session.execute(update(ApiToken).where(ApiToken.id == user["token_info"]["id"]).values(revoked_at=utcnow()))
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+    clock[0] += 5.01
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 401
+
+    second = client.post(f"/api/v1/users/{user['user']['id']}/tokens", headers=admin.headers).json()
+    headers = {"Authorization": f"Bearer {second['token']}"}
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+    assert client.delete(f"/api/v1/tokens/{second['token_info']['id']}", headers=admin.headers).status_code == 200
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 401  # revoked here: at once

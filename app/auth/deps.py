@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.auth import service
-from app.core.db import get_session, session_scope
+from app.core.db import get_session
 from app.core.errors import Unauthorized
 from app.models import User
 
@@ -31,9 +31,7 @@ def current_user(
 ) -> User:
     # A short transaction of its own: on SQLite every transaction holds the write lock, and the
     # request's main session should not take it before the upload has been validated.
-    token = bearer_token(request)
-    with session_scope() as session:
-        user = service.authenticate(session, token)
+    user = service.authenticate_cached(bearer_token(request))
     request.state.user_id = user.id
     return user
 

@@ -11,7 +11,6 @@ import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import service
-from app.core.db import session_scope
 from app.core.errors import Unauthorized, problem
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -47,8 +46,7 @@ def _refusal(header: str) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return "missing bearer token: send 'Authorization: Bearer <token>'"
     try:
-        with session_scope() as session:
-            service.authenticate(session, token.strip())
+        service.authenticate_cached(token.strip())
     except Unauthorized as exc:
         return exc.detail
     return None

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # together; smaller shards spread better and lose less to a killed worker, at a model load per shard.
     score_shard_cases: int = Field(default=8, ge=1)
     result_backend_url: str = ""
+    # How long an API process trusts a token it has checked (README "Users and tokens"): a revocation made in
+    # another process takes effect within this bound; 0 checks the database on every request.
+    token_cache_s: float = Field(default=5, ge=0, le=60)
     # The control arm of a new project: the probability that a claim is served from a seeded random order
     # instead of the ranking (admins change it per project with PATCH /projects/{id}; 0 turns it off).
     control_fraction: float = Field(default=0.1, ge=0, le=1)
