@@ -157,7 +157,9 @@ def main() -> None:
 
     url = fresh_database(args.server, "nextcase_bench")
     blob_dir = Path(tempfile.mkdtemp(prefix="nextcase-bench-"))
+    # Its own data folder (key file, embedded broker) beside the blobs: not the user's.
     env = {**os.environ, "NEXTCASE_DATABASE_URL": url, "NEXTCASE_BLOB_DIR": str(blob_dir),
+           "NEXTCASE_DATA_DIR": str(blob_dir / "data"), "NEXTCASE_SECRET_KEY": "queue-load-benchmark-key",
            "NEXTCASE_LOG_LEVEL": "WARNING"}
     os.environ.update(env)
     get_settings.cache_clear()

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # together; smaller shards spread better and lose less to a killed worker, at a model load per shard.
     score_shard_cases: int = Field(default=8, ge=1)
     result_backend_url: str = ""
-    # How long an API process trusts a token it has checked (README "Users and tokens"): a revocation made in
+    # How long an API process trusts a token it has checked (README, "Roles"): a revocation made in
     # another process takes effect within this bound; 0 checks the database on every request.
     token_cache_s: float = Field(default=5, ge=0, le=60)
     # The control arm of a new project: the probability that a claim is served from a seeded random order
