@@ -122,3 +122,27 @@ def test_stale_cycle_is_failed_when_read_and_when_a_new_one_starts(
     again = client.post(f"/api/v1/projects/{cube_project['id']}/cycles", json=TINY, headers=admin.headers)
     assert again.status_code == 202, again.text
     assert _cycle(client, admin, cycle_id)["status"] == "failed"
+
+
+def test_a_score_phase_waiting_for_workers_is_left_alone_but_not_for_ever(
+    client: TestClient, admin: Login, cube_project: dict[str, Any], no_broker: list[int], short_bound: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cycle_id = _running_cycle(client, admin, cube_project["id"], no_broker)
+    with db.session_scope() as session:  # trained and evaluated; its shards wait in the broker
+        cycle = session.get(Cycle, cycle_id)
+        assert cycle is not None
+        cycle.phase, cycle.timings = "evaluate", {"train": 1.0, "evaluate": 1.0}
+    assert pipeline.start_scoring(cycle_id) == [0]
+    monkeypatch.setenv("NEXTCASE_SCORE_QUEUE_WAIT_S", "600")
+    get_settings.cache_clear()
+
+    def silent_for(seconds: float) -> str:
+        with db.session_scope() as session:
+            cycle = session.get(Cycle, cycle_id)
+            assert cycle is not None
+            cycle.heartbeat_at = utcnow() - dt.timedelta(seconds=seconds)
+        return str(_cycle(client, admin, cycle_id)["status"])
+
+    assert silent_for(BOUND_S + 1) == "running"  # past the heartbeat bound, but no shard has started: waiting
+    assert silent_for(601) == "failed"  # no shard started or finished for the queue-wait bound: messages lost

@@ -254,3 +254,24 @@ def test_the_embedded_worker_consumes_the_interop_queue() -> None:
 
     assert INTEROP_QUEUE in EMBEDDED_QUEUES.split(",")
     assert {"nextcase.dicomweb.import", "nextcase.dicomweb.export"} <= set(tasks.celery_app.tasks)
+
+
+def test_an_unexpected_error_fails_the_job_naming_its_type_only(
+    client: TestClient, admin: Login, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    uid = "1.2.826.0.1.3680043.8.498.3"
+    fake = FakePacs({uid: parsed(dicom_slices(3))})
+
+    def broken(*_args: Any, **_kwargs: Any) -> list[Dataset]:
+        raise RuntimeError("bad header PatientName=DOE^JANE")  # an error whose text quotes a header
+
+    fake.retrieve_series = broken  # type: ignore[method-assign]
+    monkeypatch.setattr("app.dicomweb.pacs.connect", lambda url, credentials: fake)
+    run_jobs_inline(monkeypatch)
+    project = create_project(client, admin.headers, labels=LABELS, modality="MR")
+    add_source(client, admin, project["id"])
+    url = f"/api/v1/projects/{project['id']}/dicomweb-imports"
+    job_id = client.post(url, headers=admin.headers, json={"series_instance_uid": uid}).json()["id"]
+    job = client.get(f"{url}/{job_id}", headers=admin.headers).json()
+    assert job["status"] == "failed" and "RuntimeError" in job["error"], job
+    assert "DOE" not in str(job) and "DOE" not in caplog.text

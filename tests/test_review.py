@@ -6,6 +6,9 @@ Masks are 8x8x8 with voxel size 1 x 1 x 2 mm (x, y, z), so the agreement figures
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -264,3 +267,42 @@ def test_slicer_submit_label_creates_a_submitted_version_a_reviewer_approves(
     claim = client.post(f"/api/v1/projects/{project['id']}/review/next", headers=reviewer.headers).json()
     assert (claim["label"]["author"], claim["label"]["review_state"]) == (annotator.name, "submitted")
     assert _review(client, reviewer, claim["label"]["id"], "approved").json()["review_state"] == "approved"
+
+
+def test_the_training_set_export_holds_what_trains_not_merely_the_newest_version(
+    client: TestClient, admin: Login, annotator: Login, reviewer: Login
+) -> None:
+    project = _project(client, admin, "export", cases=3, train_on="approved")
+    approved, _waiting, sent_back = project["case_ids"]
+    for case_id in project["case_ids"]:
+        _label(client, annotator, case_id)
+    versions = {c: client.get(f"/api/v1/cases/{c}/labels", headers=admin.headers).json()[-1]["id"]
+                for c in project["case_ids"]}
+    assert _review(client, reviewer, versions[approved], "approved").status_code == 200
+    assert _review(client, reviewer, versions[sent_back], "changes_requested", "redo the edge").status_code == 200
+
+    r = client.get(f"/api/v1/projects/{project['id']}/export?format=msd", headers=admin.headers)
+    assert r.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(r.content)) as archive:
+        meta = json.loads(archive.read("dataset.json"))
+    # Neither the version waiting for review nor the one sent back is in the set.
+    assert [entry["label"] for entry in meta["training"]] == [f"./labelsTr/export_{approved:05d}.nii.gz"]
+
+
+def test_a_sent_back_case_can_be_skipped_and_comes_back_after_everything_else(
+    client: TestClient, admin: Login, annotator: Login, reviewer: Login
+) -> None:
+    project = _project(client, admin, "skip-returned", cases=2, train_on="approved")
+    returned, other = project["case_ids"]
+    claim = _claim(client, annotator, project["id"]).json()
+    assert claim["case"]["id"] == returned
+    _label(client, annotator, returned)
+    version = client.get(f"/api/v1/cases/{returned}/labels", headers=admin.headers).json()[-1]["id"]
+    assert _review(client, reviewer, version, "changes_requested", "too small").status_code == 200
+
+    first = _claim(client, annotator, project["id"]).json()
+    assert first["case"]["id"] == returned and first["review"] is not None
+    skip = client.post(f"/api/v1/leases/{first['lease']['token']}/skip", headers=annotator.headers,
+                       json={"reason": "later"})
+    assert skip.status_code == 200, skip.text
+    assert _claim(client, annotator, project["id"]).json()["case"]["id"] == other  # not the skipped one again

@@ -45,7 +45,13 @@ def test_existing_labels_become_submitted_and_downgrade_is_clean(database_url: s
     assert tuple(project) == ("submitted", 1, "staple")  # today's behaviour
     assert {"review_leases", "reader_agreements"} <= set(inspect(engine).get_table_names())
 
+    with engine.begin() as conn:  # values only the review code knows
+        conn.execute(text("UPDATE cases SET status = 'in_review'"))
+        conn.execute(text("UPDATE users SET role = 'reviewer'"))
     migrate.downgrade(database_url, "0008")
+    with engine.connect() as conn:  # mapped back to what the older code handles
+        assert conn.execute(text("SELECT status FROM cases")).scalar() == "labelled"
+        assert conn.execute(text("SELECT role FROM users WHERE name = 'ann'")).scalar() == "annotator"
     inspector = inspect(engine)
     assert not {"review_leases", "reader_agreements"} & set(inspector.get_table_names())
     assert "review_state" not in {c["name"] for c in inspector.get_columns("label_versions")}

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.core import db
 from app.core.config import get_settings
@@ -55,6 +56,11 @@ class CycleError(Exception):
 def run_phase(cycle_id: int, phase: str, store: BlobStore | None = None) -> None:
     """Run one phase of a cycle and record its outcome; never raises for a cycle-level failure."""
     store = store or get_blob_store()
+    if phase == "publish" and _unfinished_shards(cycle_id):
+        # A second chord (the score task delivered twice) fired while the first one's shards still run: the
+        # first chord's publish comes when they are done.
+        log.warning("publish waits: score shards still running", extra={"cycle_id": cycle_id})
+        return
     if not _enter(cycle_id, phase):
         return
     started = time.perf_counter()
@@ -141,6 +147,15 @@ def _enter(cycle_id: int, phase: str) -> bool:
         cycle.phase, cycle.worker = phase, _worker_name()
         cycle.heartbeat_at = utcnow()
         return True
+
+
+def _unfinished_shards(cycle_id: int) -> int:
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id)
+        if cycle is None or cycle.status != "running":
+            return 0
+        return int(session.scalar(select(func.count()).select_from(ScoreShard).where(
+            ScoreShard.cycle_id == cycle_id, ScoreShard.status.in_(("queued", "running")))) or 0)
 
 
 def _worker_name() -> str:
@@ -418,12 +433,13 @@ def run_shard(cycle_id: int, index: int, store: BlobStore | None = None) -> None
     Delivered again after its worker process died, it scores only the cases without a score.
     """
     store = store or get_blob_store()
-    case_ids = _claim_shard(cycle_id, index)
-    if case_ids is None:
-        return
     try:
+        case_ids = _claim_shard(cycle_id, index)
+        if case_ids is None:
+            return
         with _heartbeat(cycle_id):
             _score_cases(cycle_id, case_ids, store)
+        _complete_shard(cycle_id, index)
     except (CycleCancelled, Cancelled):
         _finish(cycle_id, "cancelled", "cancelled by an admin during score")
         _stop_shard(cycle_id, index)
@@ -433,8 +449,6 @@ def run_shard(cycle_id: int, index: int, store: BlobStore | None = None) -> None
         _finish(cycle_id, "failed", f"score failed (shard {index}): {detail}")
         _stop_shard(cycle_id, index)
         log.exception("cycle failed", extra={"cycle_id": cycle_id, "phase": "score", "shard": index})
-        return
-    _complete_shard(cycle_id, index)
 
 
 def _stop_shard(cycle_id: int, index: int) -> None:
@@ -475,6 +489,7 @@ def _complete_shard(cycle_id: int, index: int) -> None:
             if shard.index == index:
                 shard.status, shard.finished_at, shard.scored = "done", utcnow(), len(shard.case_ids)
         cycle.progress = {**cycle.progress, "scored": scored}
+        cycle.heartbeat_at = utcnow()
         if all(shard.status == "done" for shard in shards):
             started = dt.datetime.fromisoformat(cycle.progress.get("score_started", utcnow().isoformat()))
             seconds = max((utcnow() - started).total_seconds(), 1e-3)
@@ -529,10 +544,13 @@ def _store_score(store: BlobStore, cycle_id: int, case: Case, result: Any) -> No
                     prediction_key=store.put(encode_on_case_grid(result.prediction, case), "nii.gz").key)
     if result.voxel_map is not None:
         row.uncertainty_key = store.put(encode_map_on_case_grid(result.voxel_map, case), "nii.gz").key
+    try:
+        with db.session_scope() as session:
+            if session.get(CaseScore, (cycle_id, case.id)) is None:  # a redelivered shard meets its earlier rows
+                session.add(row)
+    except IntegrityError:  # scored meanwhile by a duplicate delivery of the shard: the first score stays
+        log.info("case already scored", extra={"cycle_id": cycle_id, "case_id": case.id})
     with db.session_scope() as session:
-        if session.get(CaseScore, (cycle_id, case.id)) is None:  # a redelivered shard may meet its own earlier row
-            session.add(row)
-        session.flush()
         cycle = session.get(Cycle, cycle_id)
         assert cycle is not None
         cycle.progress = {**cycle.progress, "scored": _scored_count(session, cycle_id)}

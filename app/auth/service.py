@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -142,6 +142,8 @@ def revoke_token(session: Session, token_id: int) -> ApiToken:
     if record.revoked_at is None:
         record.revoked_at = utcnow()
         TOKENS.clear()
+        # Again once committed: a request that checked the token between the clear and the commit re-cached it.
+        event.listen(session, "after_commit", lambda _session: TOKENS.clear(), once=True)
     return record
 
 

@@ -73,17 +73,3 @@ def case_of_series(session: Session, project_id: int, series_instance_uid: str) 
     """The case (deleted ones too) made from this DICOM series in the project."""
     return session.scalar(select(DicomReference.case_id).where(
         DicomReference.project_id == project_id, DicomReference.series_instance_uid == series_instance_uid))
-
-
-def labelled_cases(session: Session, project_id: int, splits: list[str]) -> list[tuple[Case, LabelVersion]]:
-    """Every live case of the splits with a label, with its latest label version, in case order."""
-    latest = (select(LabelVersion.case_id, func.max(LabelVersion.version).label("version"))
-              .group_by(LabelVersion.case_id).subquery())
-    rows = session.execute(
-        select(Case, LabelVersion)
-        .join(latest, latest.c.case_id == Case.id)
-        .join(LabelVersion, (LabelVersion.case_id == Case.id) & (LabelVersion.version == latest.c.version))
-        .where(Case.project_id == project_id, Case.deleted_at.is_(None), Case.split.in_(splits))
-        .order_by(Case.id)
-    )
-    return [(case, lv) for case, lv in rows]

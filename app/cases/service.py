@@ -188,11 +188,6 @@ def case_of_series(session: Session, project_id: int, series_instance_uid: str) 
     return repo.case_of_series(session, project_id, series_instance_uid)
 
 
-def latest_labels(session: Session, project_id: int, splits: list[str]) -> list[tuple[Case, LabelVersion]]:
-    """Every labelled live case of the splits with its latest label version (training-set export)."""
-    return repo.labelled_cases(session, project_id, splits)
-
-
 def find_same_image(session: Session, project: Project, image: CanonicalImage) -> Case | None:
     """The project's case (deleted ones too) whose stored image has exactly these canonical bytes."""
     return repo.find_case_by_sha(session, project.id, hashlib.sha256(image.nifti).hexdigest())

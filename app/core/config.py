@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # together; smaller shards spread better and lose less to a killed worker, at a model load per shard.
     score_shard_cases: int = Field(default=8, ge=1)
     result_backend_url: str = ""
+    # A sharded score phase whose shards wait in the broker is not stalled, unless no shard has started or finished
+    # for this long: then its messages are taken for lost and the cycle is failed like one whose worker went silent.
+    score_queue_wait_s: float = Field(default=3600, gt=0)
     # How long an API process trusts a token it has checked (README, "Roles"): a revocation made in
     # another process takes effect within this bound; 0 checks the database on every request.
     token_cache_s: float = Field(default=5, ge=0, le=60)

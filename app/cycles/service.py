@@ -165,8 +165,11 @@ def fail_stale(session: Session, *, project_id: int | None = None, cycle_id: int
 
 
 def _shards_waiting(session: Session, cycle: Cycle) -> bool:
-    """A sharded score phase with no shard running is waiting in the broker for free workers, not stalled."""
-    if cycle.phase != "score":
+    """A sharded score phase with no shard running is waiting in the broker for free workers, not stalled; but
+    not for ever: with no shard started or finished for NEXTCASE_SCORE_QUEUE_WAIT_S, its messages are lost."""
+    if cycle.phase != "score" or cycle.heartbeat_at is None:
+        return False
+    if cycle.heartbeat_at < utcnow() - dt.timedelta(seconds=get_settings().score_queue_wait_s):
         return False
     shards = list(session.scalars(select(ScoreShard.status).where(ScoreShard.cycle_id == cycle.id)))
     return bool(shards) and "running" not in shards

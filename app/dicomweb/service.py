@@ -165,9 +165,19 @@ def import_public(job: DicomwebImport) -> ImportPublic:
 def run_import(import_id: int, store: BlobStore | None = None) -> None:
     """The import task: find the series (QIDO-RS), then import each (WADO-RS) as one case.
 
-    Safe to redeliver: a finished job is left alone, and series already imported are reported as present.
+    Safe to redeliver: a finished job is left alone, and series already imported are reported as present. An
+    unexpected error fails the job (never left ``running``), named by its type only: its message could quote a
+    DICOM header.
     """
-    store = store or get_blob_store()
+    try:
+        _run_import(import_id, store or get_blob_store())
+    except Exception as exc:
+        log.error("dicomweb import failed unexpectedly", extra={"import_id": import_id, "error": type(exc).__name__})
+        _finish_import(import_id, "failed", f"the import stopped on an unexpected {type(exc).__name__}; "
+                                            "the series imported before it are kept")
+
+
+def _run_import(import_id: int, store: BlobStore) -> None:
     with session_scope() as session:
         job = session.get(DicomwebImport, import_id)
         if job is None or job.status in ("done", "failed"):
@@ -325,8 +335,18 @@ def list_exports(session: Session, case_id: int) -> list[DicomSegExport]:
 
 
 def run_export(export_id: int, store: BlobStore | None = None) -> None:
-    """The STOW-RS task: build the SEG (with the patient/study attributes read back from the PACS) and store it."""
-    store = store or get_blob_store()
+    """The STOW-RS task: build the SEG (with the patient/study attributes read back from the PACS) and store it.
+
+    An unexpected error fails the export (never left ``queued`` or ``running``), named by its type only.
+    """
+    try:
+        _run_export(export_id, store or get_blob_store())
+    except Exception as exc:
+        log.error("dicom seg export failed unexpectedly", extra={"export_id": export_id, "error": type(exc).__name__})
+        _finish_export(export_id, "failed", f"the export stopped on an unexpected {type(exc).__name__}", None, None)
+
+
+def _run_export(export_id: int, store: BlobStore) -> None:
     with session_scope() as session:
         row = session.get(DicomSegExport, export_id)
         if row is None or row.status in ("done", "failed"):

@@ -79,7 +79,7 @@ def pick_next(
     fresh = [Case.id.not_in(skipped)] if skipped else []
     tiers: list[tuple[str, Any]] = []
     if readers is not None:
-        tiers.append(("returned", _returned_tier(project_id, now, entry, readers)))
+        tiers.append(("returned", _returned_tier(project_id, now, entry, readers, fresh)))
     tiers.append(("pinned", with_entry.where(Case.pinned == true(), *fresh)
                   .order_by(RankingEntry.rank.is_(None), RankingEntry.rank, Case.id)))
     if control is not None:
@@ -94,6 +94,8 @@ def pick_next(
         tiers.append(("skipped", with_entry.join(last_skip, last_skip.c.case_id == Case.id)
                       .order_by(last_skip.c.skipped_at, Case.pinned.desc(), RankingEntry.rank.is_(None),
                                 RankingEntry.rank, Case.id)))
+        if readers is not None:  # a sent-back case the annotator skipped comes back after everything else
+            tiers.append(("returned", _returned_tier(project_id, now, entry, readers, [Case.id.in_(skipped)])))
     for tier, stmt in tiers:
         if stmt is None:
             continue
@@ -118,12 +120,15 @@ class ReaderRules(NamedTuple):
     read_by: Any  # the annotator authored a version of the case
 
 
-def _returned_tier(project_id: int, now: dt.datetime, entry: Any, readers: ReaderRules) -> Select[Case, RankingEntry]:
-    """Cases sent back to this annotator: whatever their status, while no one else holds them."""
+def _returned_tier(
+    project_id: int, now: dt.datetime, entry: Any, readers: ReaderRules, also: list[Any]
+) -> Select[Case, RankingEntry]:
+    """Cases sent back to this annotator: whatever their status, while no one else holds them (``also``: further
+    conditions, e.g. not skipped: Slicer's Next Sample skips, and must then be handed another case)."""
     return (select(Case, RankingEntry).outerjoin(RankingEntry, entry)
             .where(Case.project_id == project_id, Case.deleted_at.is_(None), Case.split == "pool",
                    Case.excluded == false(), or_(Case.lease_expires_at.is_(None), Case.lease_expires_at <= now),
-                   readers.returned)
+                   readers.returned, *also)
             .order_by(readers.returned_at, Case.id))
 
 

@@ -67,7 +67,8 @@ def consensus(masks: Sequence[sitk.Image], method: str) -> sitk.Image:
     """Combine two or more readers' label maps on one grid into one label map.
 
     ``staple``: SimpleITK's MultiLabelSTAPLEImageFilter; ``majority_vote``: LabelVotingImageFilter.
-    Voxels without a decision (a tie) become background 0, so a structure needs a real majority.
+    Label voting takes the label most readers gave (a plurality: with five readers voting 1, 1, 2, 3, 0 the voxel
+    is 1 on two votes); voxels where the top labels tie become background 0.
     """
     if len(masks) < 2:
         raise ValueError("a consensus needs at least two readers")

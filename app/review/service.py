@@ -112,9 +112,19 @@ def refresh_case(session: Session, store: BlobStore, case: Case, project: Projec
 
 
 def refresh_project(session: Session, store: BlobStore, project: Project) -> None:
-    """Re-derive every labelled case after a settings change (statuses, consensus versions)."""
+    """Re-derive every labelled case after a settings change (statuses, consensus versions).
+
+    Each case row is locked first, as label uploads and reviews do: a version uploaded meanwhile is then either
+    seen here or waits, never numbered twice or overwritten by a stale status.
+    """
     for case, _ in repo.versions_of_project(session, project.id):
-        refresh_case(session, store, case, project)
+        refresh_case(session, store, _locked(session, case), project)
+
+
+def _locked(session: Session, case: Case) -> Case:
+    locked = session.get(Case, case.id, with_for_update={"key_share": True}, populate_existing=True)
+    assert locked is not None
+    return locked
 
 
 def sync_consensus(
@@ -164,15 +174,22 @@ def _store_agreement(session: Session, case: Case, project: Project, made: Label
 
 
 def training_labels(session: Session, store: BlobStore, project: Project, split: str) -> list[tuple[Case, str]]:
-    """(case, label blob key) of every case of the split that has a counted reading, in case id order.
+    """(case, label blob key) of every labelled case of the split, in case id order: what cycles train and evaluate
+    on and what a training-set export writes.
 
-    One counted reading (or one reader per case): that version. Several readers: their consensus version.
+    Only cases whose readings are complete count (status ``labelled``: every reader has read it and, with
+    ``train_on=approved``, been approved); a case still waiting for readers or a review does not train. One reader
+    per case: its counted version. Several readers: their consensus version, made now (under the case row lock)
+    if an upload raced its creation.
     """
     pairs: list[tuple[Case, str]] = []
     for case, versions in repo.versions_of_project(session, project.id, split):
-        inputs = counted_readings(versions, project)
-        if not inputs:
+        if case.status != "labelled" or not counted_readings(versions, project):
             continue
+        if project.readers_per_case >= 2:
+            case = _locked(session, case)
+            versions = repo.versions_of(session, case.id)
+        inputs = counted_readings(versions, project)
         made = sync_consensus(session, store, case, project, versions)
         pairs.append((case, made.blob_key if made is not None else inputs[-1].blob_key))
     return pairs

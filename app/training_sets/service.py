@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from app.cases import service as cases
 from app.core.errors import InvalidRequest
-from app.core.storage import BlobStore
+from app.core.storage import BlobStore, get_blob_store
 from app.projects import service as projects
+from app.review import service as review
 
 FORMATS = ("msd", "nnunet")
 
@@ -57,21 +58,24 @@ def plan(session: Session, project_id: int, fmt: str, splits: list[str]) -> Trai
     stem = re.sub(r"[^A-Za-z0-9]+", "", project.name) or "case"
     entries: list[tuple[int, list[ExportFile]]] = []
     training = []
-    for case, lv in cases.latest_labels(session, project_id, splits):
+    # What the cycles train on: review state, train_on and consensus decide, not merely the newest version.
+    labelled = sorted((pair for split in splits for pair in review.training_labels(session, get_blob_store(), project,
+                                                                                    split)), key=lambda p: p[0].id)
+    for case, label_key in labelled:
         name = f"{stem}_{case.id:05d}"
         image = f"imagesTr/{name}_0000.nii.gz" if fmt == "nnunet" else f"imagesTr/{name}.nii.gz"
         label = f"labelsTr/{name}.nii.gz"
-        entries.append((case.id, [ExportFile(image, case.blob_key), ExportFile(label, lv.blob_key)]))
+        entries.append((case.id, [ExportFile(image, case.blob_key), ExportFile(label, label_key)]))
         training.append({"image": f"./{image}", "label": f"./{label}"})
     channel = "CT" if project.modality == "CT" else "MRI"
     meta: dict[str, Any]
     if fmt == "msd":
-        meta = {"name": project.name, "description": "exported from NextCase (latest label version per case)",
+        meta = {"name": project.name, "description": "exported from NextCase (the label each case trains on)",
                 "tensorImageSize": "3D", "modality": {"0": channel},
                 "labels": {str(i): name for i, name in enumerate(project.labels)},
                 "numTraining": len(training), "numTest": 0, "training": training, "test": []}
     else:
-        meta = {"name": project.name, "description": "exported from NextCase (latest label version per case)",
+        meta = {"name": project.name, "description": "exported from NextCase (the label each case trains on)",
                 "channel_names": {"0": channel}, "labels": {name: i for i, name in enumerate(project.labels)},
                 "numTraining": len(training), "file_ending": ".nii.gz"}
     return TrainingSet(meta, entries)

@@ -80,6 +80,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Values the code before review does not know: a case waiting for a review counts as labelled again (its
+    # versions stay), and reviewers become annotators. Consensus versions stay as the newest versions.
+    op.execute("UPDATE cases SET status = 'labelled' WHERE status = 'in_review'")
+    op.execute("UPDATE users SET role = 'annotator' WHERE role = 'reviewer'")
     op.drop_table("reader_agreements")
     op.drop_table("review_leases")
     op.drop_index("ix_label_versions_review_state_created", table_name="label_versions")

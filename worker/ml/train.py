@@ -61,8 +61,10 @@ class TrainCheckpoint:
     random state, the losses so far and the best-validation bookkeeping. Plain tensors, dicts, lists and numbers,
     so ``torch.load(..., weights_only=True)`` reads it back.
 
-    A resumed run draws the same patches as an uninterrupted one; MONAI's augmentation transforms keep their own
-    random state, which is not saved, so with ``augment`` the resumed run sees different augmentations.
+    A resumed run draws the same patches as an uninterrupted one. Not saved, so a resumed run differs there: MONAI's
+    augmentation transforms' own random state (with ``augment``) and, on a GPU, the CUDA generator that draws the
+    training dropout masks (only the CPU generator is saved). On the CPU without augmentation it ends with the same
+    weights (tests/ml/test_train.py).
     """
 
     step: int
