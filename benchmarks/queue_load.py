@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -87,57 +88,56 @@ def start_reference(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("reference server did not start")
 
 
-def run_reference(base: str, project_id: int, clients: int, seconds: float) -> tuple[list[float], list[float]]:
+def drive(base: str, clients: list[dict[str, str]], claim: Callable[[httpx.Client], str],
+          release: Callable[[httpx.Client, str], None], seconds: float) -> tuple[list[float], list[float]]:
+    """Each client (its request headers) claims and releases in a loop for ``seconds``; claim and release times."""
     claims: list[float] = []
     releases: list[float] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
-    def client(_: int) -> None:
+    def client(headers: dict[str, str]) -> None:
         mine_c, mine_r = [], []
-        with httpx.Client(base_url=base, timeout=60) as http:
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
             while time.monotonic() < stop_at:
                 t0 = time.perf_counter()
-                r = http.post(f"/claim/{project_id}")
+                held = claim(http)
                 t1 = time.perf_counter()
-                r.raise_for_status()
-                http.delete(f"/claim/{r.json()['case']}").raise_for_status()
+                release(http, held)
                 mine_c.append(t1 - t0)
                 mine_r.append(time.perf_counter() - t1)
         with lock:
             claims.extend(mine_c)
             releases.extend(mine_r)
 
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(client, clients))
     return claims, releases
 
 
 def run_clients(base: str, project_id: int, tokens: list[str], seconds: float) -> tuple[list[float], list[float]]:
-    claims: list[float] = []
-    releases: list[float] = []
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
+    def claim(http: httpx.Client) -> str:
+        r = http.post(f"/api/v1/projects/{project_id}/queue/next")
+        if r.status_code != 200:
+            raise RuntimeError(f"claim answered {r.status_code}: {r.text}")
+        return str(r.json()["lease"]["token"])
 
-    def client(token: str) -> None:
-        mine_c, mine_r = [], []
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-            while time.monotonic() < stop_at:
-                t0 = time.perf_counter()
-                r = http.post(f"/api/v1/projects/{project_id}/queue/next")
-                t1 = time.perf_counter()
-                if r.status_code != 200:
-                    raise RuntimeError(f"claim answered {r.status_code}: {r.text}")
-                http.delete(f"/api/v1/leases/{r.json()['lease']['token']}").raise_for_status()
-                mine_c.append(t1 - t0)
-                mine_r.append(time.perf_counter() - t1)
-        with lock:
-            claims.extend(mine_c)
-            releases.extend(mine_r)
+    def release(http: httpx.Client, token: str) -> None:
+        http.delete(f"/api/v1/leases/{token}").raise_for_status()
 
-    with ThreadPoolExecutor(len(tokens)) as pool:
-        list(pool.map(client, tokens))
-    return claims, releases
+    return drive(base, [{"Authorization": f"Bearer {t}"} for t in tokens], claim, release, seconds)
+
+
+def run_reference(base: str, project_id: int, clients: int, seconds: float) -> tuple[list[float], list[float]]:
+    def claim(http: httpx.Client) -> str:
+        r = http.post(f"/claim/{project_id}")
+        r.raise_for_status()
+        return str(r.json()["case"])
+
+    def release(http: httpx.Client, case: str) -> None:
+        http.delete(f"/claim/{case}").raise_for_status()
+
+    return drive(base, [{} for _ in range(clients)], claim, release, seconds)
 
 
 def pct(values: list[float], q: float) -> float:
