@@ -60,32 +60,29 @@ def seed(n_cases: int, n_users: int, blob_dir: Path) -> tuple[int, list[str]]:
     return project_id, tokens
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(args: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until ``ready_url`` answers 200."""
+    proc = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not become ready")
+    raise RuntimeError(f"{' '.join(args)} did not become ready")
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return start(["app.cli", "serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/readyz")
 
 
 def start_reference(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.reference_claim:app", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("reference server did not start")
+    return start(["uvicorn", "benchmarks.reference_claim:app", "--port", str(port), "--log-level", "warning"], env,
+                 f"http://127.0.0.1:{port}/docs")
 
 
 def drive(base: str, clients: list[dict[str, str]], claim: Callable[[httpx.Client], str],
