@@ -30,6 +30,7 @@ from app.projects.router import router as projects_router
 from app.queue.router import router as queue_router
 from app.review.router import router as review_router
 from app.training_sets.router import router as training_sets_router
+from app.web.router import install as install_web_app
 
 log = logging.getLogger("nextcase.http")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -47,6 +48,7 @@ def create_app() -> FastAPI:
     for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, campaign_router,
                    dicomweb_router, training_sets_router, monailabel_router, review_router, metrics_router):
         app.include_router(router)
+    install_web_app(app)
     _document_size_checks(app)
     app.add_middleware(AuthenticateUploadsFirst)  # inside _limit_and_log: the 401 is logged too
     app.middleware("http")(_limit_and_log)

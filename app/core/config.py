@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # stopped first): reading the campaign report computes up to EFFORT_CATCH_UP of them.
     effort_retry_after_s: float = Field(default=120, ge=0)
     effort_catch_up: int = Field(default=20, ge=0)
+    # The built web app (frontend/dist, made by `npm run build`; `make run` builds it when needed), served at "/".
+    # None: the frontend/dist folder beside app/ in a source checkout, or /app/frontend/dist in the Docker image.
+    web_dir: Path | None = None
     log_level: str = "INFO"
     log_json: bool | None = None  # None: human-readable lines on a terminal, JSON lines otherwise
     host: str = "127.0.0.1"
@@ -94,6 +97,10 @@ class Settings(BaseSettings):
     def blobs(self) -> Path:
         assert self.blob_dir is not None  # set by the validator
         return self.blob_dir
+
+    @property
+    def web_app_dir(self) -> Path:
+        return (self.web_dir or Path(__file__).resolve().parents[2] / "frontend" / "dist").expanduser().resolve()
 
     @property
     def secret_key_file(self) -> Path:
