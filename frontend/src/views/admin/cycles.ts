@@ -14,6 +14,7 @@ export async function renderCycles(panel: HTMLElement, ctx: AppContext, project:
   const list = h("div", { id: "cycles" });
   let timer: number | undefined;
   let left = false;
+  let watching = new Set<number>(); // cycles seen active: their end is announced in the banner
   ctx.onLeave(() => {
     left = true;
     window.clearTimeout(timer);
@@ -28,6 +29,14 @@ export async function renderCycles(panel: HTMLElement, ctx: AppContext, project:
     list.append(cycles.length === 0 ? h("p", {}, "No cycle yet: start the first one below once some cases are labelled.")
       : cyclesTable(ctx, cycles, refresh, (cycle) => form.fill(cycle)));
     list.dataset.active = String(cycles.some(isActive));
+    for (const cycle of cycles) {
+      if (watching.has(cycle.id) && !isActive(cycle)) {
+        const outcome = cycleProgress(cycle).text;
+        if (cycle.status === "done") ctx.showMessage(`Cycle ${cycle.id} ${outcome}. See the Models and Learning curve tabs.`);
+        else ctx.showError(`Cycle ${cycle.id} ${outcome}`);
+      }
+    }
+    watching = new Set(cycles.filter(isActive).map((c) => c.id));
     if (cycles.some(isActive)) poll();
   };
   // While a cycle is active: a failed poll (server restarting) is shown and tried again, until the tab is left.
