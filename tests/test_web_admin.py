@@ -209,7 +209,11 @@ def test_a_refused_form_shows_the_servers_problem_and_changes_nothing(admin: Bro
         cycles_before = len(api.get(f"/api/v1/projects/{web.project_id}/cycles").json())
         projects_before = len(api.get("/api/v1/projects").json())
 
-    page.goto(f"{web.url}/#/projects/{web.project_id}/cycles")
+    # By keyboard: the tabs are links, so focus and Enter open them.
+    page.goto(f"{web.url}/#/projects/{web.project_id}")
+    page.wait_for_selector("#queue-stats")
+    page.focus('nav.tabs a[data-tab="cycles"]')
+    page.keyboard.press("Enter")
     page.wait_for_selector("#cycle-form")
     page.fill("#cycle-steps", "10")
     page.fill("#cycle-mc-passes", "1")  # the server wants at least 2
