@@ -6,10 +6,10 @@ import { formatNumber, h } from "../../dom";
 import { curveRows, learningCurve, type CurveSeries } from "../../admin/curveData";
 import type { ModelVersion } from "../../admin/types";
 import type { Project } from "../../types";
+import { cssColor } from "../../labels";
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, Legend, Tooltip);
 
-const COLOURS = ["#1f5fbf", "#c2410c", "#15803d", "#7e22ce", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
 
 export async function renderCurve(panel: HTMLElement, ctx: AppContext, project: Project): Promise<void> {
   const models = await ctx.api.get<ModelVersion[]>(`/api/v1/projects/${project.id}/models`);
@@ -56,7 +56,8 @@ export async function renderCurve(panel: HTMLElement, ctx: AppContext, project: 
 
 function datasets(series: CurveSeries[], labels: readonly string[]) {
   return series.map((s) => {
-    const colour = COLOURS[(labels.indexOf(s.className) - 1 + COLOURS.length) % COLOURS.length];
+    // The structure's colour in the annotator workspace, so a curve and a drawing read the same way.
+    const colour = cssColor(labels.indexOf(s.className));
     return {
       label: s.label,
       data: s.points.map((p) => ({ x: p.x, y: p.y })),
