@@ -154,3 +154,43 @@ def test_workers_share_scoring_and_a_killed_worker_process_costs_the_cycle_nothi
     time.sleep(3)  # not a race: nothing may change any more, however long we look
     assert [s.index for s in _shards(cycle_id) if s.status == "done"] == done and len(done) < 4
     assert _cycle(cycle_id).ranking_id is None
+
+
+def test_shard_priorities_spread_each_cycle_over_the_levels() -> None:
+    from worker.tasks import shard_priority
+
+    assert [shard_priority(i, 10) for i in range(10)] == list(range(10))
+    assert [shard_priority(i, 3) for i in range(3)] == [0, 3, 6]
+    assert shard_priority(0, 1) == 0 and shard_priority(39, 40) == 9
+
+
+@pytest.fixture
+def one_worker(redis_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen[bytes]]:
+    monkeypatch.setenv("NEXTCASE_SCORE_SHARD_CASES", "1")
+    log = (tmp_path / "worker-0.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--pool", "prefork", "--concurrency", "1"],
+                            env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_two_projects_cycles_score_side_by_side_not_one_after_the_other(
+    client: TestClient, admin: Login, settings_env: Path, tmp_path: Path, one_worker: Any,
+) -> None:
+    # One worker, two cycles started together: first-in-first-out would score every shard of the first cycle
+    # before any of the second (its score task arrives after the first cycle's shards were queued).
+    params = {**PARAMS, "steps": 4, "mc_passes": 2}
+    first, second = (_project(client, admin, settings_env, name, unlabelled=6) for name in ("first", "second"))
+    ids = [client.post(f"/api/v1/projects/{p}/cycles", json=params, headers=admin.headers).json()["id"]
+           for p in (first, second)]
+    for cycle_id in ids:
+        cycle = _wait("the cycles to finish", lambda c=cycle_id: (x := _cycle(c)).finished_at and x, tmp_path)
+        assert cycle.status == "done", cycle.error
+    starts = {cycle_id: sorted(s.started_at for s in _shards(cycle_id)) for cycle_id in ids}
+    assert all(len(times) == 6 for times in starts.values())
+    a, b = (starts[i] for i in ids)
+    assert b[0] < a[-1] and a[0] < b[-1], f"no interleaving: {a} / {b}"

@@ -35,11 +35,17 @@ GPU_QUEUE = "gpu"
 INTEROP_QUEUE = "interop"
 
 
+PRIORITY_STEPS = 10
+
+
 def _transport_options(url: str, visibility_timeout_s: int, key_prefix: str) -> dict[str, Any]:
     # The SQLite-backed embedded transport hands its options to create_engine: give it none.
     if url.startswith("sqla+"):
         return {}
-    options: dict[str, Any] = {"visibility_timeout": visibility_timeout_s}
+    # Ten priority levels (one Redis list each, "gpu", "gpu:1", ... "gpu:9"): the scoring shards of concurrent cycles
+    # interleave through them (worker.tasks.shard_priority). Messages without a priority go to level 0.
+    options: dict[str, Any] = {"visibility_timeout": visibility_timeout_s,
+                               "priority_steps": list(range(PRIORITY_STEPS)), "sep": ":"}
     if key_prefix:
         options["global_keyprefix"] = key_prefix  # every queue and bookkeeping key (kombu >= 5.3)
     return options

@@ -14,7 +14,7 @@ from celery import chain, group
 
 from worker import celery_app as apps
 from worker import pipeline
-from worker.celery_app import GPU_QUEUE, celery_app
+from worker.celery_app import GPU_QUEUE, PRIORITY_STEPS, celery_app
 
 
 @celery_app.task(name="nextcase.cycle.train")
@@ -33,7 +33,18 @@ def score(self: Any, cycle_id: int) -> None:
     if shards:
         app = apps.celery_app
         raise self.replace(group(app.signature("nextcase.cycle.score_shard", args=(cycle_id, index), immutable=True,
-                                               queue=GPU_QUEUE) for index in shards))
+                                               queue=GPU_QUEUE, priority=shard_priority(position, len(shards)))
+                                 for position, index in enumerate(shards)))
+
+
+def shard_priority(position: int, count: int) -> int:
+    """The broker priority of a cycle's shard at ``position`` of ``count``: how far into its cycle it lies, 0-9.
+
+    On Redis a lower number is served first, so when two projects' cycles score at once the workers take the shard
+    that is least far into its own cycle: the cycles advance side by side instead of the later one waiting for every
+    shard of the earlier one. (The embedded broker has one worker and ignores priorities.)
+    """
+    return min(PRIORITY_STEPS - 1, position * PRIORITY_STEPS // max(count, 1))
 
 
 # The shards' (empty) results are what the chord counts: they must be stored, unlike every other task's.
