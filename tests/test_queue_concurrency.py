@@ -105,7 +105,9 @@ def test_expiry_and_releases_interleaved_no_duplicates_none_lost(
                     log.claims.append((login.name, case_id, claim["ranking_id"], claim["rank"]))
                 roll = rng.random()
                 if roll < 0.15:
-                    assert http.delete(f"/api/v1/leases/{token}").status_code == 200
+                    # 410: on a loaded machine the 2.4 s lease can run out before the release arrives; the case
+                    # then comes back through expiry, which is what this test checks as well.
+                    assert http.delete(f"/api/v1/leases/{token}").status_code in (200, 410)
                 elif roll < 0.25:
                     continue  # abandoned: the lease must expire and the case come back
                 else:
