@@ -5,7 +5,6 @@ from fastapi import APIRouter, Query, Response
 from app.auth import service as auth
 from app.auth.deps import SessionDep, UserDep
 from app.cases import repository as case_repo
-from app.cases import service as case_service
 from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, LeaseToken, Offset, QueryId
 from app.models import Lease, Ranking, utcnow
@@ -23,7 +22,6 @@ from app.queue.schemas import (
     RankingInfo,
     SkipRequest,
 )
-from app.review import service as review
 
 router = APIRouter(prefix="/api/v1", tags=["queue"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409, 410))
@@ -44,18 +42,13 @@ def _ranking_info(ranking: Ranking | None) -> RankingInfo | None:
 @router.post("/projects/{project_id}/queue/next", response_model=ClaimResponse,
              responses={204: {"description": "no case left to annotate"}})
 def claim_next(project_id: Id, session: SessionDep, user: UserDep) -> ClaimResponse | Response:
-    project = get_project(session, project_id)
-    claim = service.claim_next(session, project, user)
+    claim = service.claim_next(session, project_id, user)
     if claim is None:
         return Response(status_code=204)
-    returned = review.returned_note(session, claim.case.id, user, project) if claim.tier == "returned" else None
-    return ClaimResponse(
-        case=case_service.to_public(session, [claim.case])[0], rank=claim.rank, score=claim.score,
-        ranking_id=claim.ranking.id,
-        model_version=claim.ranking.model_version_id,
-        lease=LeaseInfo(token=claim.lease.token, expires_at=claim.lease.expires_at),
-        review=returned,
-    )
+    return ClaimResponse(case=claim.case, rank=claim.rank, score=claim.score, ranking_id=claim.ranking.id,
+                         model_version=claim.ranking.model_version_id,
+                         lease=LeaseInfo(token=claim.lease.token, expires_at=claim.lease.expires_at),
+                         review=claim.review)
 
 
 @router.get("/leases", response_model=list[LiveLease])
