@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, insert, select
+from psycopg import sql
+from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.pool import NullPool
 
 from app.core import db
 from app.core.config import get_settings
@@ -210,16 +213,27 @@ def test_a_claim_does_not_read_the_annotators_lease_history(
 
 
 def _explain_claim(engine: Engine, project_id: int, user_id: int) -> list[str]:
-    """EXPLAIN ANALYZE of the claim statement for this user (rolled back): its plan, as run."""
-    compiled = repo.claim_statement().compile(dialect=engine.dialect)
+    """EXPLAIN ANALYZE of the claim statement for this user (rolled back), with the plan a claim runs in service: a
+    prepared statement's generic plan (psycopg prepares a statement once a connection has run it a few times, and
+    PostgreSQL then plans it for any parameter values)."""
+    compiled = repo.claim_statement().compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar"))
     values = {"claim_project_id": project_id, "claim_user_id": user_id, "claim_now": utcnow(), "claim_seed": 0,
               "claim_base": 0, "claim_arm_u": [], "claim_case_u": [], "claim_token": secrets.token_urlsafe(24),
               "claim_lease_duration": dt.timedelta(minutes=30), "claim_published": None}
     params = compiled.construct_params(values)
     params["claim_now"] = utcnow().replace(tzinfo=None)  # what UTCDateTime sends
-    with engine.connect() as conn, conn.begin() as transaction:
-        plan = [str(line) for line in conn.exec_driver_sql("EXPLAIN (ANALYZE) " + compiled.string, params).scalars()]
-        transaction.rollback()
+    args = sql.SQL(", ").join(sql.Literal(params[name]) for name in compiled.positiontup or ())
+    own = create_engine(engine.url, poolclass=NullPool)  # a connection of its own: the PREPARE dies with it
+    try:
+        with own.connect() as conn:
+            conn.exec_driver_sql(f"PREPARE claim_plan AS {compiled.string}")
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+            execute = sql.SQL("EXPLAIN (ANALYZE) EXECUTE claim_plan({})").format(args)
+            plan = [str(line) for line in conn.exec_driver_sql(execute.as_string(conn.connection.driver_connection))
+                    .scalars()]
+            conn.rollback()
+    finally:
+        own.dispose()
     return plan
 
 
