@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
-from app.auth.deps import SessionDep, bearer_token, current_user
+from app.auth.deps import SessionDep, authenticated_user, bearer_token, current_user
 from app.campaign import service as campaign
 from app.cases import service as cases
 from app.cases.imaging import UploadedFile, read_nifti
@@ -121,7 +121,7 @@ def _optional_user(request: Request) -> User | None:
         bearer_token(request)
     except Unauthorized:
         return None
-    return current_user(request)
+    return authenticated_user(request)
 
 
 OptionalUserDep = Annotated[User | None, Depends(_optional_user)]

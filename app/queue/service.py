@@ -146,13 +146,14 @@ def claim_next(session: Session, project_id: int, user: User) -> Claim | None:
     row = _claim_statement(session, project_id, user, autocommit=True)
     if row.outcome == "draw":  # the draws sent missed the claim's number: again with the number it read
         row = _claim_statement(session, project_id, user, autocommit=True)
+    claim = _claim_of(session, row, user) if row.outcome == "go" else None
+    session.commit()  # nothing left to commit (each statement was its own transaction): the connection goes back now
     if row.outcome == "go":
-        return _claim_of(session, row, user)
+        return claim
     # Rare: a ranking to publish first (the first claim, or cases added to a cold-start project), or claims of other
     # API processes moving the number on between two tries. A transaction of its own holds the project meanwhile.
     with Session(session.get_bind(), expire_on_commit=False) as own, own.begin():
-        claim = _claim_in_transaction(own, project_id, user)
-    return claim
+        return _claim_in_transaction(own, project_id, user)
 
 
 def _claim_in_transaction(session: Session, project_id: int, user: User) -> Claim | None:
