@@ -227,3 +227,47 @@ def test_skipped_pinned_case_also_goes_to_the_back(
     client.post(f"/api/v1/leases/{first['lease']['token']}/skip", json={"reason": "later"}, headers=annotator.headers)
     order = [claim(client, annotator, project["id"]).json()["case"]["id"] for _ in range(3)]
     assert order[-1] == ids[1] and sorted(order) == ids
+
+
+def test_ending_a_lease_records_it_and_refuses_what_it_must(
+    client: TestClient, project: dict[str, Any], annotator: Login, admin: Login, settings_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Release and skip: the audit record (with the skip's reason), another annotator's 403 that changes nothing,
+    an admin's release, and a lease past its expiry that can no longer be ended (410)."""
+    import datetime as dt
+
+    from app.models import AuditEvent, Case, Lease
+    from app.queue import service as queue_service
+
+    bulk_cases(project["id"], 3, settings_env)
+    first, second, third = (claim(client, annotator, project["id"]).json() for _ in range(3))
+    other = make_login("carol", "annotator")
+    r = client.delete(f"/api/v1/leases/{first['lease']['token']}", headers=other.headers)
+    assert (r.status_code, r.json()["detail"]) == (403, "this lease belongs to another annotator")
+    r = client.post(f"/api/v1/leases/{first['lease']['token']}/skip", json={"reason": "  too dark "},
+                    headers=annotator.headers)
+    assert r.status_code == 200 and r.json()["end_reason"] == "skipped" and r.json()["ended_at"] is not None
+    r = client.delete(f"/api/v1/leases/{second['lease']['token']}", headers=admin.headers)
+    assert r.status_code == 200 and (r.json()["end_reason"], r.json()["user_id"]) == ("released", annotator.user_id)
+
+    later = dt.timedelta(minutes=get_settings().lease_minutes + 1)
+    real_now = queue_service.utcnow
+    monkeypatch.setattr(queue_service, "utcnow", lambda: real_now() + later)
+    r = client.delete(f"/api/v1/leases/{third['lease']['token']}", headers=annotator.headers)
+    assert r.status_code == 410 and r.json()["detail"].startswith("the lease expired at ")
+
+    with db.session_scope() as session:
+        events = {(e.action, e.case_id): e for e in session.scalars(select(AuditEvent))}
+        leases = {lease.token: lease for lease in session.scalars(select(Lease))}
+        cases = {c.id: c for c in session.scalars(select(Case))}
+    skipped, released = leases[first["lease"]["token"]], leases[second["lease"]["token"]]
+    assert events[("lease.skipped", skipped.case_id)].detail == {"lease_id": skipped.id, "reason": "too dark"}
+    assert events[("lease.skipped", skipped.case_id)].user_id == annotator.user_id
+    assert events[("lease.released", released.case_id)].detail == {"lease_id": released.id}
+    assert events[("lease.released", released.case_id)].user_id == admin.user_id
+    assert (skipped.skip_reason, released.skip_reason) == ("too dark", None)
+    assert cases[skipped.case_id].lease_id is None and cases[released.case_id].lease_id is None
+    expired = leases[third["lease"]["token"]]
+    assert expired.ended_at is None and cases[expired.case_id].lease_id == expired.id  # untouched: a claim ends it
+    assert ("lease.released", expired.case_id) not in events

@@ -17,6 +17,7 @@ import json
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     DateTime,
     Float,
@@ -398,3 +399,36 @@ def rankable_case_ids(session: Session, project_id: int) -> list[int]:
 
 def get_ranking(session: Session, ranking_id: int | None) -> Ranking | None:
     return None if ranking_id is None else session.get(Ranking, ranking_id)
+
+
+@functools.cache
+def end_lease_statement() -> Select[Any]:
+    """Ending a lease (release, skip) as one PostgreSQL statement: like a claim, a transaction of one round trip when
+    run on its own.
+
+    It frees the case, if the case still points at this lease, the lease has not expired and the caller holds it
+    (``claim_admin``: or is an admin), then ends the lease and writes the audit record. Each row is written once,
+    by an UPDATE that waits for it like any other (the case row first, as everywhere). The row always holds the
+    lease as read before (``ended`` null: nothing was written, the caller says why); no row: no such token.
+    """
+    token, user_id = bindparam("claim_token", type_=String), bindparam("claim_user_id", type_=Integer)
+    now, skip_reason = bindparam("claim_now", type_=UTCDateTime()), bindparam("claim_skip_reason", type_=String)
+    target = (select(Lease.id, Lease.token, Lease.case_id, Lease.user_id, Lease.created_at, Lease.expires_at,
+                     Lease.ended_at, Lease.end_reason).where(Lease.token == token).cte("target"))
+    allowed = or_(target.c.user_id == user_id, bindparam("claim_admin", type_=Boolean))
+    freed = (update(Case).where(Case.id == target.c.case_id, Case.lease_id == target.c.id,
+                                Case.lease_expires_at > now, allowed)
+             .values(lease_id=None, lease_expires_at=None).returning(Case.id, Case.project_id).cte("freed"))
+    ended = (update(Lease).where(Lease.id == target.c.id, Lease.ended_at.is_(None), exists(select(freed.c.id)))
+             .values(ended_at=now, end_reason=bindparam("claim_reason", type_=String), skip_reason=skip_reason)
+             .returning(Lease.id, Lease.ended_at, Lease.end_reason).cte("ended"))
+    detail = case((skip_reason.is_(None), func.json_build_object("lease_id", ended.c.id)),
+                  else_=func.json_build_object("lease_id", ended.c.id, "reason", skip_reason))
+    audited = insert(AuditEvent).from_select(
+        ["at", "user_id", "action", "project_id", "case_id", "detail"],
+        select(now, user_id, bindparam("claim_action", type_=String), freed.c.project_id, freed.c.id, detail)
+        .select_from(freed.join(ended, true()))).cte("audited")
+    return (select(target.c.token, target.c.case_id, target.c.user_id, target.c.created_at, target.c.expires_at,
+                   target.c.ended_at, target.c.end_reason, ended.c.ended_at.label("ended"),
+                   ended.c.end_reason.label("ended_reason"))
+            .select_from(target.outerjoin(ended, true())).add_cte(audited))

@@ -7,7 +7,7 @@ from app.auth.deps import SessionDep, UserDep
 from app.cases import repository as case_repo
 from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, LeaseToken, Offset, QueryId
-from app.models import Lease, Ranking, utcnow
+from app.models import Ranking, utcnow
 from app.projects.service import get_project
 from app.queue import repository as repo
 from app.queue import service
@@ -25,11 +25,6 @@ from app.queue.schemas import (
 
 router = APIRouter(prefix="/api/v1", tags=["queue"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409, 410))
-
-
-def _lease_public(lease: Lease) -> LeasePublic:
-    return LeasePublic(token=lease.token, case_id=lease.case_id, user_id=lease.user_id, created_at=lease.created_at,
-                       expires_at=lease.expires_at, ended_at=lease.ended_at, end_reason=lease.end_reason)
 
 
 def _ranking_info(ranking: Ranking | None) -> RankingInfo | None:
@@ -68,17 +63,17 @@ def live_leases(
 
 @router.post("/leases/{token}/renew", response_model=LeasePublic)
 def renew(token: LeaseToken, session: SessionDep, user: UserDep) -> LeasePublic:
-    return _lease_public(service.renew(session, token, user))
+    return service.lease_public(service.renew(session, token, user))
 
 
 @router.delete("/leases/{token}", response_model=LeasePublic)
 def release(token: LeaseToken, session: SessionDep, user: UserDep) -> LeasePublic:
-    return _lease_public(service.end_lease(session, token, user, "released"))
+    return service.end_lease(session, token, user, "released")
 
 
 @router.post("/leases/{token}/skip", response_model=LeasePublic)
 def skip(token: LeaseToken, body: SkipRequest, session: SessionDep, user: UserDep) -> LeasePublic:
-    return _lease_public(service.end_lease(session, token, user, "skipped", service.require_reason(body.reason)))
+    return service.end_lease(session, token, user, "skipped", service.require_reason(body.reason))
 
 
 @router.get("/projects/{project_id}/queue", response_model=QueuePage)

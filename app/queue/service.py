@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, insert, literal, select, true, update
+from sqlalchemy import Executable, Row, insert, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -26,6 +26,7 @@ from app.core.errors import Conflict, Forbidden, InvalidRequest, LeaseExpired, N
 from app.models import Case, Lease, Project, Ranking, RankingEntry, User, UTCDateTime, utcnow
 from app.projects import service as projects
 from app.queue import repository as repo
+from app.queue.schemas import LeasePublic
 from app.review import service as review
 from app.review.schemas import ReviewNote
 
@@ -182,19 +183,25 @@ def _draws(seed: int, number: int) -> tuple[float, float]:
     return draw.uniform(seed, number, "arm"), draw.uniform(seed, number, "case")
 
 
+def _execute(session: Session, statement: Executable, params: dict[str, Any], *, alone: bool) -> Row[Any] | None:
+    """One statement: in autocommit, a transaction of its own, when ``alone`` and the session has not begun one;
+    else in the session's transaction, after what the transaction changed so far (it runs on the connection)."""
+    session.flush()
+    if alone and not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    return session.connection().execute(statement, params).one_or_none()
+
+
 def _claim_statement(session: Session, project_id: int, user: User, published: int | None = None, *,
                      autocommit: bool = False) -> Row[Any]:
     seed, base, possible = _HINTS.get(project_id, (0, 0, False))
     window = [_draws(seed, n) for n in range(base, base + DRAWS_AHEAD)] if possible else []
-    session.flush()  # the statement runs on the connection: what the transaction changed so far must be sent first
-    if autocommit and not session.in_transaction():
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    row = session.connection().execute(repo.claim_statement(), {
+    row = _execute(session, repo.claim_statement(), {
         "claim_project_id": project_id, "claim_user_id": user.id, "claim_now": utcnow(), "claim_seed": seed,
         "claim_base": base, "claim_arm_u": [arm for arm, _ in window], "claim_case_u": [pos for _, pos in window],
         "claim_token": secrets.token_urlsafe(24), "claim_lease_duration": lease_duration(),
         "claim_published": published,
-    }).one_or_none()
+    }, alone=autocommit)
     if row is None:
         raise NotFound(f"project {project_id} does not exist", field="project_id")
     if row.outcome == "go":
@@ -327,14 +334,42 @@ def renew(session: Session, token: str, user: User) -> Lease:
     return lease
 
 
-def end_lease(session: Session, token: str, user: User, reason: str, skip_reason: str | None = None) -> Lease:
+def end_lease(session: Session, token: str, user: User, reason: str, skip_reason: str | None = None) -> LeasePublic:
+    """End the caller's live lease (released, skipped: an admin may end anyone's), with its audit record.
+
+    PostgreSQL: one statement (``repository.end_lease_statement``), on its own in a fresh session as a claim is.
+    """
     now = utcnow()
-    lease, case = _live_lease(session, token, user, now)
-    _close(lease, case, now, reason)
-    lease.skip_reason = skip_reason
-    audit.record(session, f"lease.{reason}", user_id=user.id, project_id=case.project_id, case_id=case.id,
-                 lease_id=lease.id, **({"reason": skip_reason} if skip_reason else {}))
-    return lease
+    if session.get_bind().dialect.name != "postgresql":
+        lease, case = _live_lease(session, token, user, now)
+        _close(lease, case, now, reason)
+        lease.skip_reason = skip_reason
+        audit.record(session, f"lease.{reason}", user_id=user.id, project_id=case.project_id, case_id=case.id,
+                     lease_id=lease.id, **({"reason": skip_reason} if skip_reason else {}))
+        return lease_public(lease)
+    alone = not session.in_transaction()
+    row = _execute(session, repo.end_lease_statement(), {
+        "claim_token": token, "claim_user_id": user.id, "claim_admin": user.role == "admin", "claim_now": now,
+        "claim_reason": reason, "claim_skip_reason": skip_reason, "claim_action": f"lease.{reason}"}, alone=alone)
+    if row is None:
+        raise NotFound("no lease with this token", field="token")
+    if row.user_id != user.id and user.role != "admin":
+        raise Forbidden("this lease belongs to another annotator", field="token")
+    if row.ended is None:  # nothing written: read the lease again (it may have ended after the statement began)
+        again = session.scalar(select(Lease).where(Lease.token == token).execution_options(populate_existing=True))
+        assert again is not None
+        if again.ended_at is not None:
+            raise LeaseExpired(f"the lease ended ({again.end_reason}) at {again.ended_at.isoformat()}", field="token")
+        raise LeaseExpired(f"the lease expired at {again.expires_at.isoformat()}", field="token")
+    if alone:
+        session.commit()  # nothing left to commit: the connection goes back now
+    return LeasePublic(token=row.token, case_id=row.case_id, user_id=row.user_id, created_at=row.created_at,
+                       expires_at=row.expires_at, ended_at=row.ended, end_reason=row.ended_reason)
+
+
+def lease_public(lease: Lease) -> LeasePublic:
+    return LeasePublic(token=lease.token, case_id=lease.case_id, user_id=lease.user_id, created_at=lease.created_at,
+                       expires_at=lease.expires_at, ended_at=lease.ended_at, end_reason=lease.end_reason)
 
 
 def _close(lease: Lease, case: Case, now: dt.datetime, reason: str) -> None:
