@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
-from sqlalchemy import Row, event, select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -299,8 +299,8 @@ def to_public(session: Session, cases: list[Case]) -> list[CasePublic]:
     return [public_view(c, names[c.patient_id], versions.get(c.id)) for c in cases]
 
 
-def public_view(c: Case | Row[Any], patient: str, latest_label_version: int | None) -> CasePublic:
-    """The public view of a case (an ORM object or a row with the ``cases`` columns), given its patient's pseudonym."""
+def public_view(c: Any, patient: str, latest_label_version: int | None) -> CasePublic:
+    """The public view of a case (an ORM object, or a row with the ``cases`` columns), given its patient's pseudonym."""
     return CasePublic(
         id=c.id, project_id=c.project_id, patient=patient, shape=c.shape, spacing=c.spacing,
         origin=c.origin, direction=c.direction, dtype=c.dtype, sha256=c.sha256, source_format=c.source_format,

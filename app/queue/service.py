@@ -12,9 +12,10 @@ import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Executable, Row, insert, literal, select, true, update
+from sqlalchemy import ClauseElement, Dialect, insert, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -183,17 +184,43 @@ def _draws(seed: int, number: int) -> tuple[float, float]:
     return draw.uniform(seed, number, "arm"), draw.uniform(seed, number, "case")
 
 
-def _execute(session: Session, statement: Executable, params: dict[str, Any], *, alone: bool) -> Row[Any] | None:
+def _execute(session: Session, statement: ClauseElement, params: dict[str, Any], *, alone: bool) -> Any | None:
     """One statement: in autocommit, a transaction of its own, when ``alone`` and the session has not begun one;
-    else in the session's transaction, after what the transaction changed so far (it runs on the connection)."""
+    else in the session's transaction, after what the transaction changed so far (it runs on the connection).
+
+    Its row (None: no row), with attribute access. Timestamps go in and come out as UTC, as ``UTCDateTime`` does.
+    """
     session.flush()
     if alone and not session.in_transaction():
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    return session.connection().execute(statement, params).one_or_none()
+    conn = session.connection()
+    sql, constants = _compiled(statement, conn.dialect)
+    values = {name: _naive_utc(value) for name, value in params.items()}
+    row = conn.exec_driver_sql(sql, {**constants, **values}).one_or_none()
+    return None if row is None else SimpleNamespace(**{k: _aware_utc(v) for k, v in row._mapping.items()})
+
+
+@functools.cache
+def _compiled(statement: ClauseElement, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """The statement compiled once, and the values of the parameters it holds itself (its constants).
+
+    Run with ``exec_driver_sql``: through ``Connection.execute`` SQLAlchemy finds the compiled form by the statement's
+    cache key (hashing the key of a 15 KiB statement) and builds its 57 parameters each time: 0.4 ms of a claim.
+    """
+    compiled = statement.compile(dialect=dialect)
+    return compiled.string, dict(compiled.params)  # the caller's values replace its unset ones
+
+
+def _naive_utc(value: Any) -> Any:
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if isinstance(value, dt.datetime) else value
+
+
+def _aware_utc(value: Any) -> Any:
+    return value.replace(tzinfo=dt.UTC) if isinstance(value, dt.datetime) else value
 
 
 def _claim_statement(session: Session, project_id: int, user: User, published: int | None = None, *,
-                     autocommit: bool = False) -> Row[Any]:
+                     autocommit: bool = False) -> Any:
     seed, base, possible = _HINTS.get(project_id, (0, 0, False))
     window = [_draws(seed, n) for n in range(base, base + DRAWS_AHEAD)] if possible else []
     row = _execute(session, repo.claim_statement(), {
@@ -211,7 +238,7 @@ def _claim_statement(session: Session, project_id: int, user: User, published: i
     return row
 
 
-def _claim_of(session: Session, row: Row[Any], user: User) -> Claim | None:
+def _claim_of(session: Session, row: Any, user: User) -> Claim | None:
     if row.tier is None:
         return None
     tier = repo.CLAIM_TIERS[row.tier - 1]
