@@ -77,7 +77,10 @@ def start(args: list[str], env: dict[str, str], ready_url: str) -> subprocess.Po
 
 
 def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    return start(["app.cli", "serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/readyz")
+    # The API process alone, as deployed with PostgreSQL (the worker runs elsewhere): the embedded worker would poll
+    # its broker and load its libraries on the same two cores during NextCase's rows only.
+    return start(["app.cli", "serve", "--port", str(port), "--no-worker", "--no-demo"], env,
+                 f"http://127.0.0.1:{port}/readyz")
 
 
 def start_reference(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -163,3 +164,44 @@ def test_monailabel_next_sample_records_the_arm(
     got = leases(project["id"])
     open_cases = sorted(set(ids) - {ranking[0]})  # the skipped case is not handed straight back
     assert got == [(1, ranking[0], "ranked"), (2, open_cases[draw.control_position(5, 2, 3)], "control")]
+
+
+def test_a_claim_whose_number_the_draws_sent_miss_is_drawn_with_its_own_number(
+    client: TestClient, admin: Login, annotator: Login, settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL sends each claim the control draws of the claim numbers this API process expects next; other
+    processes' claims (or a new seed) move the number past them. Such a claim is drawn again with its own number,
+    in autocommit or, when that misses too, in a transaction of its own: the campaign still replays from (seed, n).
+    (SQLite draws from the number it reads; the same claims come out.)"""
+    from app.queue import service as queue_service
+
+    project = create_project(client, admin.headers, "other-processes")
+    ids, _ = bulk_cases(project["id"], 30, settings_env)
+    ranking = model_ranking(project["id"], ids)
+    set_control(client, admin, project["id"], 0.5, seed=11)
+    claim_all(client, annotator, project["id"], 5)
+    queue_service._HINTS[project["id"]] = (11, 6 - 100, True)  # 100 claims elsewhere since this process's last
+    claim_all(client, annotator, project["id"], 5)
+    queue_service._HINTS[project["id"]] = (12, 11, True)  # the seed changed elsewhere
+    claim_all(client, annotator, project["id"], 5)
+
+    stale = [True]
+    original = queue_service._claim_statement
+
+    def always_behind(session: Any, project_id: int, user: Any, published: int | None = None, *,
+                      autocommit: bool = False) -> Any:
+        if autocommit and stale[0]:
+            queue_service._HINTS[project_id] = (11, -1000, True)
+        elif not autocommit:
+            in_transaction.append(project_id)
+        return original(session, project_id, user, published, autocommit=autocommit)
+
+    in_transaction: list[int] = []
+    monkeypatch.setattr(queue_service, "_claim_statement", always_behind)
+    claim_all(client, annotator, project["id"], 5)  # both tries in autocommit miss: a transaction of its own
+    stale[0] = False
+    if db.get_engine().dialect.name == "postgresql":
+        assert in_transaction == [project["id"]] * 5  # one run each, with the draws for the number the last try read
+    claim_all(client, annotator, project["id"], 10)
+    assert leases(project["id"]) == expected_claims(11, 0.5, ranking)
+    assert {arm for _, _, arm in leases(project["id"])} == {"control", "ranked"}

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from app.core import db
 from app.core.config import get_settings
 from app.models import Ranking, RankingEntry
-from app.queue.repository import skipped_query
 from app.queue.service import publish_ranking
 from tests.conftest import Login, make_login
 from tests.factories import bulk_cases, create_project, upload_label
@@ -230,13 +229,45 @@ def test_skipped_pinned_case_also_goes_to_the_back(
     assert order[-1] == ids[1] and sorted(order) == ids
 
 
-def test_the_skip_lookup_reads_the_skip_index_not_the_lease_history(client: TestClient, admin: Login) -> None:
-    """A claim's cost must not grow with an annotator's history: its skip lookup can use the partial index."""
+def test_ending_a_lease_records_it_and_refuses_what_it_must(
+    client: TestClient, project: dict[str, Any], annotator: Login, admin: Login, settings_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Release and skip: the audit record (with the skip's reason), another annotator's 403 that changes nothing,
+    an admin's release, and a lease past its expiry that can no longer be ended (410)."""
+    import datetime as dt
+
+    from app.models import AuditEvent, Case, Lease
+    from app.queue import service as queue_service
+
+    bulk_cases(project["id"], 3, settings_env)
+    first, second, third = (claim(client, annotator, project["id"]).json() for _ in range(3))
+    other = make_login("carol", "annotator")
+    r = client.delete(f"/api/v1/leases/{first['lease']['token']}", headers=other.headers)
+    assert (r.status_code, r.json()["detail"]) == (403, "this lease belongs to another annotator")
+    r = client.post(f"/api/v1/leases/{first['lease']['token']}/skip", json={"reason": "  too dark "},
+                    headers=annotator.headers)
+    assert r.status_code == 200 and r.json()["end_reason"] == "skipped" and r.json()["ended_at"] is not None
+    r = client.delete(f"/api/v1/leases/{second['lease']['token']}", headers=admin.headers)
+    assert r.status_code == 200 and (r.json()["end_reason"], r.json()["user_id"]) == ("released", annotator.user_id)
+
+    later = dt.timedelta(minutes=get_settings().lease_minutes + 1)
+    real_now = queue_service.utcnow
+    monkeypatch.setattr(queue_service, "utcnow", lambda: real_now() + later)
+    r = client.delete(f"/api/v1/leases/{third['lease']['token']}", headers=annotator.headers)
+    assert r.status_code == 410 and r.json()["detail"].startswith("the lease expired at ")
+
     with db.session_scope() as session:
-        bind = session.get_bind()
-        if bind.dialect.name != "postgresql":
-            pytest.skip("SQLite's planner has no statistics to prefer it; the index matters on PostgreSQL, at scale")
-        sql = str(skipped_query(1, 1).compile(dialect=bind.dialect, compile_kwargs={"literal_binds": True}))
-        session.execute(text("SET LOCAL enable_seqscan = off"))  # tiny tables: ask whether the index is usable
-        plan = "\n".join(session.scalars(text(f"EXPLAIN {sql}")))
-    assert "ix_leases_user_skipped" in plan, plan
+        events = {(e.action, e.case_id): e for e in session.scalars(select(AuditEvent))}
+        leases = {lease.token: lease for lease in session.scalars(select(Lease))}
+        cases = {c.id: c for c in session.scalars(select(Case))}
+    skipped, released = leases[first["lease"]["token"]], leases[second["lease"]["token"]]
+    assert events[("lease.skipped", skipped.case_id)].detail == {"lease_id": skipped.id, "reason": "too dark"}
+    assert events[("lease.skipped", skipped.case_id)].user_id == annotator.user_id
+    assert events[("lease.released", released.case_id)].detail == {"lease_id": released.id}
+    assert events[("lease.released", released.case_id)].user_id == admin.user_id
+    assert (skipped.skip_reason, released.skip_reason) == ("too dark", None)
+    assert cases[skipped.case_id].lease_id is None and cases[released.case_id].lease_id is None
+    expired = leases[third["lease"]["token"]]
+    assert expired.ended_at is None and cases[expired.case_id].lease_id == expired.id  # untouched: a claim ends it
+    assert ("lease.released", expired.case_id) not in events

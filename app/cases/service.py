@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pydicom
 from sqlalchemy import event, select
@@ -295,15 +296,17 @@ def label_bytes(session: Session, store: BlobStore, case: Case, version: int | N
 def to_public(session: Session, cases: list[Case]) -> list[CasePublic]:
     names = repo.pseudonyms(session, {c.patient_id for c in cases})
     versions = repo.latest_versions(session, [c.id for c in cases])
-    return [
-        CasePublic(
-            id=c.id, project_id=c.project_id, patient=names[c.patient_id], shape=c.shape, spacing=c.spacing,
-            origin=c.origin, direction=c.direction, dtype=c.dtype, sha256=c.sha256, source_format=c.source_format,
-            status=c.status, split=c.split, pinned=c.pinned, excluded=c.excluded,
-            latest_label_version=versions.get(c.id), created_at=c.created_at,
-        )
-        for c in cases
-    ]
+    return [public_view(c, names[c.patient_id], versions.get(c.id)) for c in cases]
+
+
+def public_view(c: Any, patient: str, latest_label_version: int | None) -> CasePublic:
+    """The public view of a case (an ORM object, or a row with the ``cases`` columns), given its patient's pseudonym."""
+    return CasePublic(
+        id=c.id, project_id=c.project_id, patient=patient, shape=c.shape, spacing=c.spacing,
+        origin=c.origin, direction=c.direction, dtype=c.dtype, sha256=c.sha256, source_format=c.source_format,
+        status=c.status, split=c.split, pinned=c.pinned, excluded=c.excluded,
+        latest_label_version=latest_label_version, created_at=c.created_at,
+    )
 
 
 def versions_public(session: Session, case_id: int) -> list[LabelVersionPublic]:

@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import APIRouter, Request, Response
 
-from app.auth.deps import bearer_token, current_user
+from app.auth.deps import authenticated_user, bearer_token
 from app.auth.service import require_role
 from app.core.config import get_settings
 from app.core.errors import COMMON_PROBLEMS, problem_responses
@@ -25,6 +25,6 @@ def metrics(request: Request) -> Response:
     expected = get_settings().metrics_token.get_secret_value()
     token = bearer_token(request)
     if not (expected and hmac.compare_digest(token.encode(), expected.encode())):
-        require_role(current_user(request), "admin")
+        require_role(authenticated_user(request), "admin")
     body, content_type = exposition(get_metrics(request.app.state))
     return Response(body, media_type=content_type)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
-from app.auth.deps import SessionDep, bearer_token, current_user
+from app.auth.deps import SessionDep, authenticated_user, bearer_token, current_user
 from app.campaign import service as campaign
 from app.cases import service as cases
 from app.cases.imaging import UploadedFile, read_nifti
@@ -121,7 +121,7 @@ def _optional_user(request: Request) -> User | None:
         bearer_token(request)
     except Unauthorized:
         return None
-    return current_user(request)
+    return authenticated_user(request)
 
 
 OptionalUserDep = Annotated[User | None, Depends(_optional_user)]
@@ -234,7 +234,7 @@ def upload_image(
     volume = cases.decode_case([_volume_upload(file)])  # before this request's transaction
     project = get_project(session, project_id)
     case, created = service.add_uploaded_case(session, store, project, user, volume, image, patient)
-    return {"image": service.image_id(case), "created": created}
+    return {"image": service.image_id(case.id), "created": created}
 
 
 @route("PUT", "/session/", responses=problem_responses(406))
@@ -256,7 +256,7 @@ def datastore(project_id: Id, session: SessionDep, user: UserDep, output: str = 
     project = get_project(session, project_id)
     names = service.label_names(project)
     objects = {
-        service.image_id(case, lease): {
+        service.image_id(case.id, lease.token): {
             "image": {"ext": ".nii.gz", "info": {}},
             "labels": {"original": {"ext": ".nii.gz", "info": {"params": {"label_names": names}}}},
         }

@@ -51,12 +51,12 @@ class ImageRef:
     key: str | None
 
 
-def lease_key(lease: Lease) -> str:
-    return hashlib.sha256(f"monailabel:{lease.token}".encode()).hexdigest()[:16]
+def lease_key(lease_token: str) -> str:
+    return hashlib.sha256(f"monailabel:{lease_token}".encode()).hexdigest()[:16]
 
 
-def image_id(case: Case, lease: Lease | None = None) -> str:
-    return f"case{case.id}" + (f"-{lease_key(lease)}" if lease is not None else "")
+def image_id(case_id: int, lease_token: str | None = None) -> str:
+    return f"case{case_id}" + (f"-{lease_key(lease_token)}" if lease_token is not None else "")
 
 
 def parse_image_id(value: str) -> ImageRef:
@@ -140,7 +140,7 @@ def case_by_capability(session: Session, project: Project, ref: ImageRef) -> tup
     if case is None or case.project_id != project.id or case.deleted_at is not None or case.lease_id is None:
         return None
     lease = session.get(Lease, case.lease_id)
-    if lease is None or lease.ended_at is not None or lease.expires_at <= utcnow() or lease_key(lease) != ref.key:
+    if lease is None or lease.ended_at is not None or lease.expires_at <= utcnow() or lease_key(lease.token) != ref.key:
         return None
     holder = session.get(User, lease.user_id)
     return None if holder is None else (case, holder)
@@ -156,12 +156,12 @@ def next_sample(session: Session, project: Project, user: User) -> dict[str, Any
     lock_project(session, project.id)  # the claim's lock order: project row, then case, then lease
     for lease, _case in queue.live_leases(session, project.id, user.id)[:1]:
         queue.end_lease(session, lease.token, user, "skipped", "next sample requested in MONAI Label client")
-    claim = queue.claim_next(session, project, user)
+    claim = queue.claim_next(session, project.id, user)
     if claim is None:
         return {}
     return {
-        "id": image_id(claim.case, claim.lease),
-        "name": f"{image_id(claim.case, claim.lease)}.nii.gz",
+        "id": image_id(claim.case.id, claim.lease.token),
+        "name": f"{image_id(claim.case.id, claim.lease.token)}.nii.gz",
         "checksum": f"SHA256:{claim.case.sha256}",
         "strategy": claim.ranking.strategy,
         "weight": claim.score,

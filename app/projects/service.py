@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -40,8 +40,22 @@ def update_control(
     return project
 
 
+# PostgreSQL: claims of a project queue on this advisory lock (pg_advisory_xact_lock(CLAIM_LOCK, project id)), not on
+# the project row. A claim is one statement that locks the row and then updates it; had another transaction queued on
+# the row meanwhile, the update would wait for that transaction and that one for the claim (a deadlock). So whatever
+# writes or locks the project row takes this lock first, and no one waits on the row while a claim holds it.
+CLAIM_LOCK = 0x4E43
+
+
+def lock_claims(session: Session, project_id: int) -> None:
+    """Take the project's claim lock until the transaction ends (PostgreSQL; SQLite serialises writers anyway)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK, project_id)))
+
+
 def lock_project(session: Session, project_id: int) -> Project:
     """The project under a row lock: a settings change waits for claims in flight, and they for it."""
+    lock_claims(session, project_id)
     project = session.get(Project, project_id, with_for_update={"key_share": True}, populate_existing=True)
     if project is None:
         raise NotFound(f"project {project_id} does not exist", field="project_id")
@@ -65,6 +79,7 @@ def list_projects(session: Session) -> list[Project]:
 
 def set_annotators_can_upload_cases(session: Session, project: Project, allowed: bool, user: User) -> Project:
     if project.annotators_can_upload_cases != allowed:
+        lock_claims(session, project.id)
         project.annotators_can_upload_cases = allowed
         audit.record(session, "project.settings", user_id=user.id, project_id=project.id,
                      annotators_can_upload_cases=allowed)

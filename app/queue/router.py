@@ -5,10 +5,9 @@ from fastapi import APIRouter, Query, Response
 from app.auth import service as auth
 from app.auth.deps import SessionDep, UserDep
 from app.cases import repository as case_repo
-from app.cases import service as case_service
 from app.core.errors import COMMON_PROBLEMS, problem_responses
 from app.core.params import Id, LeaseToken, Offset, QueryId
-from app.models import Lease, Ranking, utcnow
+from app.models import Ranking, utcnow
 from app.projects.service import get_project
 from app.queue import repository as repo
 from app.queue import service
@@ -23,15 +22,9 @@ from app.queue.schemas import (
     RankingInfo,
     SkipRequest,
 )
-from app.review import service as review
 
 router = APIRouter(prefix="/api/v1", tags=["queue"],
                    responses=problem_responses(*COMMON_PROBLEMS, 409, 410))
-
-
-def _lease_public(lease: Lease) -> LeasePublic:
-    return LeasePublic(token=lease.token, case_id=lease.case_id, user_id=lease.user_id, created_at=lease.created_at,
-                       expires_at=lease.expires_at, ended_at=lease.ended_at, end_reason=lease.end_reason)
 
 
 def _ranking_info(ranking: Ranking | None) -> RankingInfo | None:
@@ -44,18 +37,13 @@ def _ranking_info(ranking: Ranking | None) -> RankingInfo | None:
 @router.post("/projects/{project_id}/queue/next", response_model=ClaimResponse,
              responses={204: {"description": "no case left to annotate"}})
 def claim_next(project_id: Id, session: SessionDep, user: UserDep) -> ClaimResponse | Response:
-    project = get_project(session, project_id)
-    claim = service.claim_next(session, project, user)
+    claim = service.claim_next(session, project_id, user)
     if claim is None:
         return Response(status_code=204)
-    returned = review.returned_note(session, claim.case.id, user, project) if claim.tier == "returned" else None
-    return ClaimResponse(
-        case=case_service.to_public(session, [claim.case])[0], rank=claim.rank, score=claim.score,
-        ranking_id=claim.ranking.id,
-        model_version=claim.ranking.model_version_id,
-        lease=LeaseInfo(token=claim.lease.token, expires_at=claim.lease.expires_at),
-        review=returned,
-    )
+    return ClaimResponse(case=claim.case, rank=claim.rank, score=claim.score, ranking_id=claim.ranking.id,
+                         model_version=claim.ranking.model_version_id,
+                         lease=LeaseInfo(token=claim.lease.token, expires_at=claim.lease.expires_at),
+                         review=claim.review)
 
 
 @router.get("/leases", response_model=list[LiveLease])
@@ -75,17 +63,17 @@ def live_leases(
 
 @router.post("/leases/{token}/renew", response_model=LeasePublic)
 def renew(token: LeaseToken, session: SessionDep, user: UserDep) -> LeasePublic:
-    return _lease_public(service.renew(session, token, user))
+    return service.lease_public(service.renew(session, token, user))
 
 
 @router.delete("/leases/{token}", response_model=LeasePublic)
 def release(token: LeaseToken, session: SessionDep, user: UserDep) -> LeasePublic:
-    return _lease_public(service.end_lease(session, token, user, "released"))
+    return service.end_lease(session, token, user, "released")
 
 
 @router.post("/leases/{token}/skip", response_model=LeasePublic)
 def skip(token: LeaseToken, body: SkipRequest, session: SessionDep, user: UserDep) -> LeasePublic:
-    return _lease_public(service.end_lease(session, token, user, "skipped", service.require_reason(body.reason)))
+    return service.end_lease(session, token, user, "skipped", service.require_reason(body.reason))
 
 
 @router.get("/projects/{project_id}/queue", response_model=QueuePage)

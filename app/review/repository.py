@@ -10,22 +10,25 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import ColumnElement, exists, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.models import Case, LabelVersion, ReaderAgreement, ReviewLease, User
 
 
-def is_current(readers_per_case: int) -> Any:
+def is_current(readers_per_case: int | ColumnElement[int]) -> Any:
     """SQL: this label version is a reader's current reading (no newer reading replaces it).
 
     One reader per case: the case's newest reading replaces every older one (a correction, as before
-    review existed). Several readers: only the same author's newer version replaces it.
+    review existed). Several readers: only the same author's newer version replaces it. ``readers_per_case``
+    may be SQL (the claim statement reads it from the project row it locks).
     """
     newer = aliased(LabelVersion)
     condition = [newer.case_id == LabelVersion.case_id, newer.version > LabelVersion.version,
                  newer.consensus_of.is_(None)]
-    if readers_per_case > 1:
+    if not isinstance(readers_per_case, int):
+        condition.append(or_(readers_per_case <= 1, newer.author_id == LabelVersion.author_id))
+    elif readers_per_case > 1:
         condition.append(newer.author_id == LabelVersion.author_id)
     return ~exists().where(*condition)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from sqlalchemy import exists, func, select
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -256,9 +256,9 @@ def _end_review_lease_of(session: Session, version: LabelVersion, reviewer: User
     version.review_lease_id, version.review_lease_expires_at = None, None
 
 
-def returned_note(session: Session, case_id: int, author: User, project: Project) -> ReviewNote | None:
+def returned_note(session: Session, case_id: int, author_id: int, readers_per_case: int) -> ReviewNote | None:
     """The review that sent the author's current reading of the case back, if one did."""
-    version = repo.returned_version(session, case_id, author.id, project.readers_per_case)
+    version = repo.returned_version(session, case_id, author_id, readers_per_case)
     if version is None:
         return None
     names = repo.user_names(session, {version.reviewed_by} if version.reviewed_by else set())
@@ -270,19 +270,19 @@ def returned_note(session: Session, case_id: int, author: User, project: Project
 # --- conditions the annotation queue applies -------------------------------------------------------
 
 
-def returned_to(user_id: int, readers_per_case: int) -> Any:
+def returned_to(user_id: int | ColumnElement[int], readers_per_case: int | ColumnElement[int]) -> Any:
     """SQL on ``cases``: the user's current reading of the case was sent back for changes."""
     return exists().where(LabelVersion.case_id == Case.id, LabelVersion.author_id == user_id,
                           LabelVersion.review_state == "changes_requested", LabelVersion.consensus_of.is_(None),
                           repo.is_current(readers_per_case))
 
 
-def read_by(user_id: int) -> Any:
+def read_by(user_id: int | ColumnElement[int]) -> Any:
     """SQL on ``cases``: the user authored a version of the case (nobody is handed a case twice)."""
     return exists().where(LabelVersion.case_id == Case.id, LabelVersion.author_id == user_id)
 
 
-def returned_since(user_id: int) -> Any:
+def returned_since(user_id: int | ColumnElement[int]) -> Any:
     """SQL: when the user's reading of the case was sent back (to order returned cases, oldest first)."""
     return (select(func.max(LabelVersion.reviewed_at))
             .where(LabelVersion.case_id == Case.id, LabelVersion.author_id == user_id,
