@@ -63,6 +63,7 @@ def expect(locator: Any) -> Any:
     """playwright's expect, imported late: without playwright the module still loads, and chromium_path() skips."""
     from playwright.sync_api import expect as playwright_expect
 
+    playwright_expect.set_options(timeout=30_000)  # a loaded 2-core machine trains, serves and renders at once
     return playwright_expect(locator)
 
 
@@ -78,6 +79,7 @@ class Browser:
     def __init__(self, browser: Any, web: WebApp, name: str, token: str) -> None:
         self.context = browser.new_context(viewport=VIEWPORT)
         self.page = self.context.new_page()
+        self.page.set_default_timeout(60_000)
         self.errors: list[str] = []
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("dialog", lambda dialog: dialog.accept())  # the "Revoke?" and "Cancel?" confirmations

@@ -47,6 +47,7 @@ def page(web: WebApp) -> Iterator[Any]:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
         page = context.new_page()
+        page.set_default_timeout(60_000)  # a loaded 2-core machine trains, serves and renders at once
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(f"{web.url}/#/projects/{web.project_id}/work")
@@ -57,6 +58,13 @@ def page(web: WebApp) -> Iterator[Any]:
         yield page
         assert errors == [], errors  # no uncaught exception in the page
         browser.close()
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    playwright_expect.set_options(timeout=60_000)
+    return playwright_expect(locator)
 
 
 def shot(page: Any, web: WebApp, name: str) -> None:
@@ -225,10 +233,9 @@ def test_a_lost_lease_is_explained_and_the_edits_can_be_downloaded(web: WebApp, 
     expire_lease_in_database(web, case_id)
     page.click("#renew")
     banner = page.locator("#banner")
-    banner.wait_for(state="visible")
-    text = banner.inner_text()
-    assert "Lease expired or ended" in text  # the server's problem title, in words
-    assert "Your edits are still here" in text
+    # Waits for these words, not merely a visible banner: an earlier message may still be showing.
+    expect(banner).to_contain_text("Lease expired or ended")  # the server's problem title, in words
+    expect(banner).to_contain_text("Your edits are still here")
     with page.expect_download() as download:
         page.click("#download-edits")
     path = web.tmp / "edits.nii"
@@ -244,9 +251,7 @@ def test_a_server_4xx_shows_its_title_and_detail(web: WebApp, page: Any) -> None
     page.click("#skip")
     page.fill("#skip-reason", "motion artefact")
     page.click("#skip-confirm")
-    banner = page.locator("#banner")
-    page.wait_for_function("() => document.querySelector('#banner').innerText.includes('Lease expired or ended:')")
-    assert "Lease expired or ended:" in banner.inner_text()
+    expect(page.locator("#banner")).to_contain_text("Lease expired or ended:")
     page.keyboard.press("?")
     assert page.locator("#help").is_visible()
     assert "Undo the last stroke" in page.locator("#help").inner_text()
