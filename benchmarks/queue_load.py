@@ -1,15 +1,15 @@
 """Queue load benchmark: claim + release against a running NextCase server on PostgreSQL.
 
-Seeds a throw-away database with CASES cases, starts ``nextcase serve`` on it, then for each
-client count N runs N concurrent annotators that claim the next case and release it, for a fixed
-time, and prints claim latency (p50 / p99), release latency and claims per second. Then the same load
-against the minimal reference claim (benchmarks/reference_claim.py: one UPDATE … SKIP LOCKED statement, no
-authentication, ranking or audit) on the same database, and NextCase's figures as ratios to it.
+Seeds a throw-away database with CASES cases, starts ``nextcase serve`` on it (the API process, without the
+embedded worker) and the minimal reference claim (benchmarks/reference_claim.py: one UPDATE … SKIP LOCKED
+statement, no authentication, ranking or audit) on the same database. For each client count N, N concurrent
+annotators claim the next case and release it for a fixed time, first against NextCase, then against the
+reference; ROUNDS such rounds. Prints claim latency (p50 / p99), release latency and claims per second over all
+rounds, and NextCase's figures as ratios to the reference's.
 
     .venv/bin/python -m benchmarks.queue_load --clients 1,8,32,64 --seconds 15
 
-Not a test: it measures and prints. Client threads share the machine with the server.
-"""
+Not a test: it measures and prints. Client threads share the machine with the servers."""
 
 from __future__ import annotations
 
@@ -152,6 +152,9 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32,64")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds in which NextCase and the reference take turns (the load of a shared machine "
+                             "drifts: taking turns exposes both to it alike)")
     args = parser.parse_args()
     counts = [int(n) for n in args.clients.split(",")]
 
@@ -165,33 +168,41 @@ def main() -> None:
     get_settings.cache_clear()
     db.configure()
     project_id, tokens = seed(args.cases, max(counts), blob_dir)
-    header = f"{'clients':>7} {'claims':>7} {'claims/s':>9} {'claim p50':>10} {'claim p99':>10} {'release p50':>12}"
-    ours: dict[int, tuple[float, float]] = {}
-    server = start_server(env, args.port)
+    ours, theirs = f"http://127.0.0.1:{args.port}", f"http://127.0.0.1:{args.port + 1}"
+    server, reference = start_server(env, args.port), start_reference(env, args.port + 1)
+    rows: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
     try:
-        print(f"{args.cases} cases, PostgreSQL, {args.seconds:.0f} s per row, claim + release per iteration")
-        print(f"NextCase (POST /api/v1/projects/{{id}}/queue/next, DELETE /api/v1/leases/{{token}})\n{header}")
-        for n in counts:
-            claims, releases = run_clients(f"http://127.0.0.1:{args.port}", project_id, tokens[:n], args.seconds)
-            ours[n] = (len(claims) / args.seconds, pct(claims, 50))
-            print(f"{n:>7} {len(claims):>7} {len(claims) / args.seconds:>9.1f} {pct(claims, 50):>8.1f}ms "
-                  f"{pct(claims, 99):>8.1f}ms {pct(releases, 50):>10.1f}ms", flush=True)
+        print(f"{args.cases} cases, PostgreSQL, claim + release per iteration; {args.rounds} round(s) of "
+              f"{args.seconds:g} s per system and client count, NextCase and the reference taking turns")
+        run_clients(ours, project_id, tokens[:1], 2)  # warm: connections, prepared statements, caches
+        run_reference(theirs, project_id, 1, 2)
+        for _ in range(args.rounds):
+            for n in counts:
+                for name, (claims, releases) in (
+                        ("NextCase", run_clients(ours, project_id, tokens[:n], args.seconds)),
+                        ("reference", run_reference(theirs, project_id, n, args.seconds))):
+                    pooled = rows.setdefault((name, n), ([], []))
+                    pooled[0].extend(claims)
+                    pooled[1].extend(releases)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    reference = start_reference(env, args.port + 1)
-    try:
-        print(f"\nReference claim (benchmarks/reference_claim.py)\n{header}"
-              f" {'NextCase p50 / ref':>19} {'ref claims/s / NextCase':>24}")
-        for n in counts:
-            claims, releases = run_reference(f"http://127.0.0.1:{args.port + 1}", project_id, n, args.seconds)
-            rate, p50 = len(claims) / args.seconds, pct(claims, 50)
-            print(f"{n:>7} {len(claims):>7} {rate:>9.1f} {p50:>8.1f}ms {pct(claims, 99):>8.1f}ms "
-                  f"{pct(releases, 50):>10.1f}ms {ours[n][1] / p50:>19.2f} {rate / ours[n][0]:>24.2f}", flush=True)
-    finally:
-        reference.terminate()
-        reference.wait(timeout=30)
+        for proc in (server, reference):
+            proc.terminate()
+            proc.wait(timeout=30)
         db.dispose()
+    seconds = args.seconds * args.rounds
+    header = f"{'clients':>7} {'claims':>7} {'claims/s':>9} {'claim p50':>10} {'claim p99':>10} {'release p50':>12}"
+    for name, title in (("NextCase", "NextCase (POST /api/v1/projects/{id}/queue/next, DELETE /api/v1/leases/{token})"),
+                        ("reference", "Reference claim (benchmarks/reference_claim.py)")):
+        extra = f" {'NextCase p50 / ref':>19} {'ref claims/s / NextCase':>24}" if name == "reference" else ""
+        print(f"\n{title}\n{header}{extra}")
+        for n in counts:
+            claims, releases = rows[(name, n)]
+            line = (f"{n:>7} {len(claims):>7} {len(claims) / seconds:>9.1f} {pct(claims, 50):>8.1f}ms "
+                    f"{pct(claims, 99):>8.1f}ms {pct(releases, 50):>10.1f}ms")
+            if name == "reference":
+                mine = rows[("NextCase", n)][0]
+                line += f" {pct(mine, 50) / pct(claims, 50):>19.2f} {len(claims) / len(mine):>24.2f}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
