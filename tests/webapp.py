@@ -8,7 +8,6 @@ NEXTCASE_TEST_REQUIRE_WEB=1 (set by .ci/run), where a missing piece is a failure
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -197,8 +196,3 @@ def rgb(png: bytes) -> np.ndarray:
     finally:
         path.unlink()
     return np.asarray(array[..., :3], dtype=np.uint8)
-
-
-def problem_title(text: str) -> str:
-    match = re.search(r'"title"\s*:\s*"([^"]+)"', text)
-    return match.group(1) if match else text

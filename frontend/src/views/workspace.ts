@@ -413,12 +413,12 @@ class Workspace {
 
   private applyWindow(): void {
     try {
-      const window = this.viewer.setWindow(this.windowId);
+      const range = this.viewer.setWindow(this.windowId);
       const min = document.getElementById("window-min") as HTMLInputElement | null;
       const max = document.getElementById("window-max") as HTMLInputElement | null;
       if (min && max) {
-        min.value = String(Math.round(window.min * 100) / 100);
-        max.value = String(Math.round(window.max * 100) / 100);
+        min.value = String(Math.round(range.min * 100) / 100);
+        max.value = String(Math.round(range.max * 100) / 100);
       }
       const select = document.getElementById("window-preset") as HTMLSelectElement | null;
       if (select) select.value = this.windowId;
