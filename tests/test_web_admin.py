@@ -123,7 +123,7 @@ def test_admin_starts_a_cycle_watches_it_and_sees_the_learning_curve(
     row = f'#ranking-table tr[data-case-id="{moved}"]'
     page.select_option(f"{row} select", "validation")
     page.wait_for_selector(row, state="detached")
-    assert page.locator("#ranking-table tbody tr").count() == len(web.case_ids) - 1
+    expect(page.locator("#ranking-table tbody tr")).to_have_count(len(web.case_ids) - 1)
     screenshot(page, shots, "admin-ranking.png")
 
     # Cases: one more case uploaded through the form, with its progress bar.
@@ -136,7 +136,8 @@ def test_admin_starts_a_cycle_watches_it_and_sees_the_learning_curve(
     page.click("#upload-submit")
     expect(page.locator("#upload-text")).to_have_text(re.compile(r"^Added case #\d+"), timeout=60_000)
     assert page.eval_on_selector("#upload-bar", "bar => bar.value") == 1
-    assert page.locator("#cases-table tbody tr").count() == len(web.case_ids) + 1
+    # The list refreshes after the upload's answer: wait for the row rather than count it at once.
+    expect(page.locator("#cases-table tbody tr")).to_have_count(len(web.case_ids) + 1)
     screenshot(page, shots, "admin-cases.png")
 
     # Cycles: the tiny parameters typed into the form, submitted with Enter.
