@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # How long an API process trusts a token it has checked (README, "Roles"): a revocation made in
     # another process takes effect within this bound; 0 checks the database on every request.
     token_cache_s: float = Field(default=5, ge=0, le=60)
+    # A pooled PostgreSQL connection idle for longer than this is pinged before use (README, "Deployment"); one used
+    # more recently is trusted, which spares busy requests a round trip; 0 pings before every use.
+    db_ping_idle_s: float = Field(default=1, ge=0, le=300)
     # The control arm of a new project: the probability that a claim is served from a seeded random order
     # instead of the ranking (admins change it per project with PATCH /projects/{id}; 0 turns it off).
     control_fraction: float = Field(default=0.1, ge=0, le=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import anyio.to_thread
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, get_settings
@@ -17,14 +19,43 @@ _engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, ping_idle_s: float = 0) -> Engine:
+    """An engine for ``url``; PostgreSQL connections idle in the pool for more than ``ping_idle_s`` seconds are
+    pinged before use (0: every reused one)."""
     if not url.startswith("sqlite"):
         _cache_long_queries()
-        return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=40)
+        engine = create_engine(url, pool_size=20, max_overflow=40)
+        _ping_idle_connections(engine, ping_idle_s)
+        return engine
     _ensure_sqlite_dir(url)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
     _serialise_sqlite_transactions(engine)
     return engine
+
+
+def _ping_idle_connections(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection before use when it sat in the pool for more than ``idle_s`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` pings before every use: a round trip that was a quarter of a claim's time in the
+    database layer. A connection back in the pool a moment ago is used as it is. What that risks: a database that
+    restarted (or a network that dropped the connection) within those seconds fails the one request that draws the
+    connection; SQLAlchemy then drops every pooled connection, so the requests after it connect afresh. A ping that
+    fails here makes the pool replace the connection and try again (SQLAlchemy's pessimistic disconnect handling).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)  # none: a connection opened for this checkout
+        if since is None or time.monotonic() - since <= idle_s:  # with 0, every reused connection is pinged
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def _cache_long_queries() -> None:
@@ -74,7 +105,7 @@ def configure(settings: Settings | None = None) -> Engine:
     settings = settings or get_settings()
     if _engine is not None:
         _engine.dispose()
-    _engine = make_engine(settings.database_url)
+    _engine = make_engine(settings.database_url, settings.db_ping_idle_s)
     _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
     return _engine
 
