@@ -411,7 +411,8 @@ class ScoreShard(Base):
     """A slice of one cycle's unlabelled cases, scored by one task; the shards of a cycle feed its publish.
 
     ``worker`` is the last worker process that ran it; ``attempts`` counts deliveries (a redelivered shard
-    scores only the cases that have no score yet).
+    scores only the cases that have no score yet); ``heartbeat_at`` is written while it runs, so a shard whose
+    worker host went silent is sent to another worker (``app.cycles.service.take_over_lost_shards``).
     """
 
     __tablename__ = "score_shards"
@@ -426,6 +427,7 @@ class ScoreShard(Base):
     scored: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class DicomReference(Base):

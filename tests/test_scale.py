@@ -65,12 +65,23 @@ def workers(redis_env: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[by
                                       start_new_session=True))
     yield procs
     for proc in procs:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def short_heartbeat(redis_env: str, monkeypatch: pytest.MonkeyPatch) -> float:
+    """A worker silent for 8 s counts as lost (set before the workers start: they read it then); workers beat every
+    second. A shard taken for lost while its worker lives is only scored twice (one score per case is kept)."""
+    monkeypatch.setenv("NEXTCASE_CYCLE_HEARTBEAT_TIMEOUT_S", "8")
+    monkeypatch.setenv("NEXTCASE_WORKER_HEARTBEAT_INTERVAL_S", "1")
+    get_settings.cache_clear()
+    return 8.0
 
 
 def _project(client: TestClient, admin: Login, settings_env: Path, name: str, unlabelled: int) -> int:
@@ -154,6 +165,33 @@ def test_workers_share_scoring_and_a_killed_worker_process_costs_the_cycle_nothi
     time.sleep(3)  # not a race: nothing may change any more, however long we look
     assert [s.index for s in _shards(cycle_id) if s.status == "done"] == done and len(done) < 4
     assert _cycle(cycle_id).ranking_id is None
+
+
+def test_a_shard_whose_whole_worker_was_lost_is_scored_by_another_worker(
+    client: TestClient, admin: Login, settings_env: Path, tmp_path: Path, short_heartbeat: float, workers: list[Any],
+) -> None:
+    project_id = _project(client, admin, settings_env, "lost-host", unlabelled=8)
+    r = client.post(f"/api/v1/projects/{project_id}/cycles", json={**PARAMS, "steps": 10}, headers=admin.headers)
+    assert r.status_code == 202, r.text
+    cycle_id = r.json()["id"]
+    running = _wait("a shard being scored", lambda: [s for s in _shards(cycle_id) if s.status == "running"], tmp_path)
+    lost = running[0]
+    group = os.getpgid(int(lost.worker.rsplit(":", 1)[1]))
+    # The whole worker: its main process too, so nothing hands the shard's message back to Redis (it would stay
+    # unacknowledged for the 12 h visibility timeout); only the other workers' heartbeat ticks can rescue it.
+    os.killpg(group, signal.SIGKILL)
+    assert any(p.pid == group for p in workers)
+    cycle = _wait("the cycle to finish", lambda: (c := _cycle(cycle_id)).finished_at and c, tmp_path)
+
+    assert cycle.status == "done", cycle.error
+    shards = _shards(cycle_id)
+    rescued = next(s for s in shards if s.index == lost.index)
+    assert rescued.status == "done" and rescued.attempts >= 2
+    assert rescued.worker is not None  # scored again, by a worker process still alive:
+    assert int(rescued.worker.rsplit(":", 1)[1]) != int(lost.worker.rsplit(":", 1)[1])
+    with db.session_scope() as session:
+        entries = list(session.scalars(select(RankingEntry.case_id).where(RankingEntry.ranking_id == cycle.ranking_id)))
+    assert sorted(entries) == sorted(c for s in shards for c in s.case_ids) and len(set(entries)) == 8
 
 
 def test_shard_priorities_spread_each_cycle_over_the_levels() -> None:

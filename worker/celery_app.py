@@ -8,12 +8,14 @@ Delivery choices (see README, "Worker"):
   cycle phase, so a long training run is not handed to a second worker while the first still runs.
 - One ``gpu`` queue, ``worker_prefetch_multiplier=1`` and concurrency 1: one training at a time per
   GPU, and no task waits in a busy worker's buffer while another worker is idle.
-- Job state lives in the ``cycles`` and ``score_shards`` tables. A result backend exists only for the chord
-  that starts ``publish`` once every scoring shard has returned (only the shard tasks store a result).
+- Job state lives in the ``cycles`` and ``score_shards`` tables; no task stores a result, so there is no result
+  backend: the shard task that finishes a cycle's last shard sends ``publish`` (see ``worker.tasks``).
 - The score phase is a group of shards (``NEXTCASE_SCORE_SHARD_CASES`` cases each), so N workers on the
   ``gpu`` queue score one cycle together. A shard whose worker process is killed is requeued at once by
   the worker's main process (``task_reject_on_worker_lost``) and scores only the cases left; a train
-  phase requeued that way resumes from its last checkpoint.
+  phase requeued that way resumes from its last checkpoint. A shard whose whole worker host was lost (its
+  main process too) stays unacknowledged until the visibility timeout; its heartbeat stops, and after
+  ``NEXTCASE_CYCLE_HEARTBEAT_TIMEOUT_S`` it is sent again (``app.cycles.service.take_over_lost_shards``).
 - A light ``interop`` queue for PACS imports and SEG exports (network and DICOM decoding, no GPU): a
   production worker of its own consumes it (docker-compose ``worker-interop``), so an import never waits
   behind a training run; the embedded worker consumes both queues. Job state lives in
@@ -51,18 +53,11 @@ def _transport_options(url: str, visibility_timeout_s: int, key_prefix: str) -> 
     return options
 
 
-def _result_options(url: str, key_prefix: str) -> dict[str, Any]:
-    return {"global_keyprefix": key_prefix} if key_prefix and url.startswith(("redis://", "rediss://")) else {}
-
-
 def create_celery() -> Celery:
     settings = get_settings()
-    app = Celery("nextcase", broker=settings.effective_broker_url, backend=settings.effective_result_backend,
-                 include=["worker.tasks"])
+    app = Celery("nextcase", broker=settings.effective_broker_url, include=["worker.tasks"])
     app.conf.update(
         task_ignore_result=True,
-        result_expires=3600 * 24,
-        result_backend_transport_options=_result_options(settings.effective_result_backend, settings.broker_key_prefix),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

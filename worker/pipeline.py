@@ -57,8 +57,8 @@ def run_phase(cycle_id: int, phase: str, store: BlobStore | None = None) -> None
     """Run one phase of a cycle and record its outcome; never raises for a cycle-level failure."""
     store = store or get_blob_store()
     if phase == "publish" and _unfinished_shards(cycle_id):
-        # A second chord (the score task delivered twice) fired while the first one's shards still run: the
-        # first chord's publish comes when they are done.
+        # Publish sent while shards still run (a score task delivered again after its shards were sent): the shard
+        # that finishes last sends publish again.
         log.warning("publish waits: score shards still running", extra={"cycle_id": cycle_id})
         return
     if not _enter(cycle_id, phase):
@@ -82,12 +82,13 @@ def run_phase(cycle_id: int, phase: str, store: BlobStore | None = None) -> None
 
 
 @contextmanager
-def _heartbeat(cycle_id: int) -> Iterator[None]:
-    """Write the cycle's heartbeat from a thread while a phase runs.
+def _heartbeat(cycle_id: int, shard: int | None = None) -> Iterator[None]:
+    """Write the cycle's heartbeat (and the shard's, when one is scored) from a thread while a phase runs.
 
     The API fails a running cycle whose heartbeat is older than NEXTCASE_CYCLE_HEARTBEAT_TIMEOUT_S,
-    so a killed worker frees its project long before the broker would redeliver the task. A thread,
-    not the progress callbacks: one epoch or one scored case can take longer than the bound.
+    so a killed worker frees its project long before the broker would redeliver the task; a shard whose
+    heartbeat is that old is sent to another worker instead (``app.cycles.service.take_over_lost_shards``).
+    A thread, not the progress callbacks: one epoch or one scored case can take longer than the bound.
     """
     stop = threading.Event()
     interval = get_settings().cycle_heartbeat_interval_s
@@ -95,7 +96,7 @@ def _heartbeat(cycle_id: int) -> Iterator[None]:
     def beat() -> None:
         while not stop.wait(interval):
             try:
-                _beat(cycle_id)
+                _beat(cycle_id, shard)
             except Exception:  # a missed beat is retried; it must not kill the phase
                 log.warning("cycle heartbeat not written", extra={"cycle_id": cycle_id}, exc_info=True)
 
@@ -108,10 +109,13 @@ def _heartbeat(cycle_id: int) -> Iterator[None]:
         thread.join(timeout=interval + 60)
 
 
-def _beat(cycle_id: int) -> None:
+def _beat(cycle_id: int, shard: int | None) -> None:
     with db.session_scope() as session:
-        session.execute(update(Cycle).where(Cycle.id == cycle_id, Cycle.status == "running")
-                        .values(heartbeat_at=utcnow()))
+        now = utcnow()
+        session.execute(update(Cycle).where(Cycle.id == cycle_id, Cycle.status == "running").values(heartbeat_at=now))
+        if shard is not None:
+            session.execute(update(ScoreShard).where(ScoreShard.cycle_id == cycle_id, ScoreShard.index == shard,
+                                                     ScoreShard.status == "running").values(heartbeat_at=now))
 
 
 def _get(session: Any, cycle_id: int) -> Cycle:
@@ -427,28 +431,39 @@ def prepare_shards(cycle_id: int) -> list[int]:
         return [shard.index for shard in shards if shard.status != "done"]
 
 
-def run_shard(cycle_id: int, index: int, store: BlobStore | None = None) -> None:
+def run_shard(cycle_id: int, index: int, store: BlobStore | None = None) -> bool:
     """Score one shard (a Celery task); records cancellation or failure on the cycle, never raises for them.
 
-    Delivered again after its worker process died, it scores only the cases without a score.
+    Delivered again after its worker process died, or sent again after its worker host went silent, it scores only
+    the cases without a score. True when this run finished the cycle's last shard: the caller starts publish.
     """
     store = store or get_blob_store()
     try:
         case_ids = _claim_shard(cycle_id, index)
         if case_ids is None:
-            return
-        with _heartbeat(cycle_id):
+            return False
+        with _heartbeat(cycle_id, index):
             _score_cases(cycle_id, case_ids, store)
-        _complete_shard(cycle_id, index)
+        return _complete_shard(cycle_id, index)
     except (CycleCancelled, Cancelled):
         _finish(cycle_id, "cancelled", "cancelled by an admin during score")
         _stop_shard(cycle_id, index)
-        return
     except Exception as exc:
         detail = str(exc) if isinstance(exc, CycleError) else f"{type(exc).__name__}: {exc}"
         _finish(cycle_id, "failed", f"score failed (shard {index}): {detail}")
         _stop_shard(cycle_id, index)
         log.exception("cycle failed", extra={"cycle_id": cycle_id, "phase": "score", "shard": index})
+    return False
+
+
+def scoring_complete(cycle_id: int) -> bool:
+    """Whether the cycle is in its score phase with every shard done (or none to score): publish may start."""
+    with db.session_scope() as session:
+        cycle = session.get(Cycle, cycle_id)
+        if cycle is None or cycle.status != "running" or cycle.phase != "score":
+            return False
+        return not session.scalar(select(func.count()).select_from(ScoreShard).where(
+            ScoreShard.cycle_id == cycle_id, ScoreShard.status != "done"))
 
 
 def _stop_shard(cycle_id: int, index: int) -> None:
@@ -475,21 +490,26 @@ def _claim_shard(cycle_id: int, index: int) -> list[int] | None:
                         extra={"cycle_id": cycle_id, "shard": index, "previous_worker": shard.worker})
         shard.status, shard.worker, shard.attempts = "running", _worker_name(), shard.attempts + 1
         shard.started_at = shard.started_at or utcnow()
-        cycle.heartbeat_at = utcnow()
+        cycle.heartbeat_at = shard.heartbeat_at = utcnow()
         return [int(c) for c in shard.case_ids]
 
 
-def _complete_shard(cycle_id: int, index: int) -> None:
+def _complete_shard(cycle_id: int, index: int) -> bool:
+    """Mark the shard done; True when that finished the score phase (the one call that then starts publish: two
+    deliveries of one shard, or of the last two, are serialised by the cycle row's lock)."""
     with db.session_scope() as session:
         cycle = session.get(Cycle, cycle_id, with_for_update=True)
         assert cycle is not None
         shards = list(session.scalars(select(ScoreShard).where(ScoreShard.cycle_id == cycle_id)))
         scored = _scored_count(session, cycle_id)
+        was_done = all(shard.status == "done" for shard in shards)
         for shard in shards:
             if shard.index == index:
                 shard.status, shard.finished_at, shard.scored = "done", utcnow(), len(shard.case_ids)
         cycle.progress = {**cycle.progress, "scored": scored}
         cycle.heartbeat_at = utcnow()
+        if was_done or cycle.status != "running":
+            return False
         if all(shard.status == "done" for shard in shards):
             started = dt.datetime.fromisoformat(cycle.progress.get("score_started", utcnow().isoformat()))
             seconds = max((utcnow() - started).total_seconds(), 1e-3)
@@ -497,6 +517,8 @@ def _complete_shard(cycle_id: int, index: int) -> None:
             cycle.progress = {**cycle.progress, "scored_per_s": round(scored / seconds, 4),
                               "score_worker": _worker_name(),
                               "score_workers": sorted({s.worker for s in shards if s.worker})}
+            return True
+        return False
 
 
 def _scored_count(session: Any, cycle_id: int) -> int:
@@ -561,6 +583,8 @@ def publish(cycle_id: int, store: BlobStore) -> None:
     with db.session_scope() as session:
         cycle = session.get(Cycle, cycle_id, with_for_update=True)
         assert cycle is not None
+        if cycle.status != "running" or cycle.phase != "publish":
+            return  # published by a second delivery of publish that held the lock first
         if cycle.cancel_requested:
             raise CycleCancelled
         if cycle.weights_key is None:

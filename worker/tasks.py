@@ -1,16 +1,16 @@
 """Celery tasks: a cycle id (and a shard index) and one step through ``worker.pipeline``; or a DICOMweb job id
 (light ``interop`` queue).
 
-The score phase spreads over workers: the ``score`` task splits the unlabelled cases into shards and replaces
-itself with a group of ``score_shard`` tasks; Celery turns a group that replaces a task inside a chain into a
-chord whose body is the rest of the chain, so ``publish`` runs once every shard has returned.
+The score phase spreads over workers: the ``score`` task splits the unlabelled cases into shards and sends one
+``score_shard`` task per shard; the shard task that finishes the last shard (the ``score_shards`` table says which)
+sends ``publish``. No chord: a shard whose worker host was lost is sent again as a new task
+(``app.cycles.service.take_over_lost_shards``), which a chord would not count, and the job state stays in the
+database rather than in Celery results.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import chain, group
+from celery import chain
 
 from worker import celery_app as apps
 from worker import pipeline
@@ -27,14 +27,22 @@ def evaluate(cycle_id: int) -> None:
     pipeline.run_phase(cycle_id, "evaluate")
 
 
-@celery_app.task(name="nextcase.cycle.score", bind=True)
-def score(self: Any, cycle_id: int) -> None:
+@celery_app.task(name="nextcase.cycle.score")
+def score(cycle_id: int) -> None:
     shards = pipeline.start_scoring(cycle_id)
-    if shards:
-        app = apps.celery_app
-        raise self.replace(group(app.signature("nextcase.cycle.score_shard", args=(cycle_id, index), immutable=True,
-                                               queue=GPU_QUEUE, priority=shard_priority(position, len(shards)))
-                                 for position, index in enumerate(shards)))
+    for position, index in enumerate(shards):
+        send_shard(cycle_id, index, shard_priority(position, len(shards)))
+    if not shards and pipeline.scoring_complete(cycle_id):  # no case to score, or delivered again after the last
+        send_publish(cycle_id)
+
+
+def send_shard(cycle_id: int, index: int, priority: int = 0) -> None:
+    """Queue one scoring shard on the gpu queue."""
+    apps.celery_app.send_task("nextcase.cycle.score_shard", args=(cycle_id, index), queue=GPU_QUEUE, priority=priority)
+
+
+def send_publish(cycle_id: int) -> None:
+    apps.celery_app.send_task("nextcase.cycle.publish", args=(cycle_id,), queue=GPU_QUEUE)
 
 
 def shard_priority(position: int, count: int) -> int:
@@ -47,10 +55,10 @@ def shard_priority(position: int, count: int) -> int:
     return min(PRIORITY_STEPS - 1, position * PRIORITY_STEPS // max(count, 1))
 
 
-# The shards' (empty) results are what the chord counts: they must be stored, unlike every other task's.
-@celery_app.task(name="nextcase.cycle.score_shard", ignore_result=False)
+@celery_app.task(name="nextcase.cycle.score_shard")
 def score_shard(cycle_id: int, index: int) -> None:
-    pipeline.run_shard(cycle_id, index)
+    if pipeline.run_shard(cycle_id, index):
+        send_publish(cycle_id)
 
 
 @celery_app.task(name="nextcase.cycle.publish")
@@ -59,10 +67,11 @@ def publish(cycle_id: int) -> None:
 
 
 def cycle_chain(cycle_id: int) -> chain:
-    """train → evaluate → score (→ shards) → publish; immutable signatures: each step gets only the id."""
+    """train → evaluate → score; immutable signatures: each step gets only the id. Score sends the shards, and the
+    last shard sends publish."""
     app = apps.celery_app  # looked up now: tests and the CLI may have rebuilt it for new settings
     steps = [app.signature(f"nextcase.cycle.{phase}", args=(cycle_id,), immutable=True, queue=GPU_QUEUE)
-             for phase in pipeline.PHASES]
+             for phase in pipeline.PHASES if phase != "publish"]
     return chain(*steps)
 
 

@@ -60,7 +60,6 @@ class Settings(BaseSettings):
     # Unlabelled cases per scoring shard: each shard is one task on the gpu queue, so N workers score a cycle
     # together; smaller shards spread better and lose less to a killed worker, at a model load per shard.
     score_shard_cases: int = Field(default=8, ge=1)
-    result_backend_url: str = ""
     # A sharded score phase whose shards wait in the broker is not stalled, unless no shard has started or finished
     # for this long: then its messages are taken for lost and the cycle is failed like one whose worker went silent.
     score_queue_wait_s: float = Field(default=3600, gt=0)
@@ -123,20 +122,6 @@ class Settings(BaseSettings):
         if self.broker_url:
             return self.broker_url
         return f"sqla+sqlite:///{(self.blobs.parent / 'broker.sqlite').resolve()}"
-
-    @property
-    def effective_result_backend(self) -> str:
-        """Where Celery keeps the scoring shards' results, which the chord into publish counts (job state itself
-        lives in the database): Redis beside a Redis broker, a SQLite file beside the embedded broker, else the
-        database. NEXTCASE_RESULT_BACKEND_URL overrides it."""
-        if self.result_backend_url:
-            return self.result_backend_url
-        broker = self.effective_broker_url
-        if broker.startswith(("redis://", "rediss://")):
-            return broker
-        if broker.startswith("sqla+sqlite:"):
-            return f"db+sqlite:///{(self.blobs.parent / 'celery-results.sqlite').resolve()}"
-        return f"db+{self.database_url}"
 
     @property
     def embedded_worker(self) -> bool:

@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -138,6 +138,49 @@ def cancel(session: Session, cycle: Cycle, user: User, force: bool = False) -> C
     return cycle
 
 
+# A shard sent to another worker this many times is not sent again: its cycle fails like one whose worker went
+# silent (a case that kills every worker that scores it must not take them all down in turn).
+MAX_SHARD_ATTEMPTS = 3
+
+
+def take_over_lost_shards(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
+    """Send again the score shards whose worker stopped writing their heartbeat; how many were sent.
+
+    A worker host lost whole (its main process too) leaves its shard's message unacknowledged in Redis until the
+    visibility timeout (``NEXTCASE_TASK_VISIBILITY_TIMEOUT_S``, 12 h): without this the shard would hold up its
+    cycle until the heartbeat bound failed it. The shard goes back to ``queued`` and a new task carries it to any
+    worker; it scores only the cases without a score. If the old message comes back after all, it finds the shard
+    done. Called wherever stale cycles are checked (API reads) and by every worker's heartbeat, so the survivors
+    rescue a dead worker's shard. Not for the embedded worker: it is this process.
+    """
+    settings = get_settings()
+    if settings.embedded_worker:
+        return 0
+    cutoff = utcnow() - dt.timedelta(seconds=settings.cycle_heartbeat_timeout_s)
+    query = (select(ScoreShard).join(Cycle, Cycle.id == ScoreShard.cycle_id)
+             .where(Cycle.status == "running", Cycle.phase == "score", ScoreShard.status == "running",
+                    ScoreShard.attempts < MAX_SHARD_ATTEMPTS,
+                    or_(ScoreShard.heartbeat_at < cutoff,
+                        and_(ScoreShard.heartbeat_at.is_(None), ScoreShard.started_at < cutoff)))
+             .with_for_update(of=ScoreShard, skip_locked=True))
+    if project_id is not None:
+        query = query.where(Cycle.project_id == project_id)
+    if cycle_id is not None:
+        query = query.where(Cycle.id == cycle_id)
+    lost = list(session.scalars(query))
+    for shard in lost:
+        shard.status, shard.heartbeat_at = "queued", None
+        session.execute(update(Cycle).where(Cycle.id == shard.cycle_id).values(heartbeat_at=utcnow()))
+        log.warning("score shard sent to another worker: its worker went silent",
+                    extra={"cycle_id": shard.cycle_id, "shard": shard.index, "previous_worker": shard.worker})
+    session.flush()
+    for shard in lost:
+        from worker.tasks import send_shard
+
+        send_shard(shard.cycle_id, shard.index)  # before commit is fine: the task waits for the shard's row lock
+    return len(lost)
+
+
 def fail_stale(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
     """Fail running cycles whose worker stopped writing its heartbeat (killed, host lost).
 
@@ -146,6 +189,7 @@ def fail_stale(session: Session, *, project_id: int | None = None, cycle_id: int
     project's one active-cycle slot stays taken. A cycle between phases (its last phase finished,
     the next still in the broker) has no worker to hear from and is left alone.
     """
+    take_over_lost_shards(session, project_id=project_id, cycle_id=cycle_id)
     bound = get_settings().cycle_heartbeat_timeout_s
     cutoff = utcnow() - dt.timedelta(seconds=bound)
     query = select(Cycle).where(Cycle.status == "running", or_(
