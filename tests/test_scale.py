@@ -6,6 +6,7 @@ worker process, so it has nothing to share and nobody to take over.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -18,11 +19,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.core import db
 from app.core.config import get_settings
-from app.models import CaseScore, Cycle, RankingEntry, ScoreShard
+from app.models import CaseScore, Cycle, RankingEntry, ScoreShard, utcnow
 from tests.conftest import Login
 from tests.factories import bulk_cases, create_project, upload_label
 from tests.test_cycles_e2e import delete_keys
@@ -167,31 +168,72 @@ def test_workers_share_scoring_and_a_killed_worker_process_costs_the_cycle_nothi
     assert _cycle(cycle_id).ranking_id is None
 
 
-def test_a_shard_whose_whole_worker_was_lost_is_scored_by_another_worker(
+def _kill_whole_worker(worker: str, workers: list[Any]) -> None:
+    """SIGKILL a worker's main process and its pool children: nothing hands its message back to Redis (it stays
+    unacknowledged for the 12 h visibility timeout), so only the other workers can rescue its work."""
+    group = os.getpgid(int(worker.rsplit(":", 1)[1]))
+    assert any(p.pid == group for p in workers)  # one of this test's workers, each a process group of its own
+    os.killpg(group, signal.SIGKILL)
+
+
+def test_a_worker_lost_whole_costs_the_cycle_nothing_but_the_heartbeat_bound(
     client: TestClient, admin: Login, settings_env: Path, tmp_path: Path, short_heartbeat: float, workers: list[Any],
 ) -> None:
     project_id = _project(client, admin, settings_env, "lost-host", unlabelled=8)
-    r = client.post(f"/api/v1/projects/{project_id}/cycles", json={**PARAMS, "steps": 10}, headers=admin.headers)
+    r = client.post(f"/api/v1/projects/{project_id}/cycles", json=PARAMS, headers=admin.headers)
     assert r.status_code == 202, r.text
     cycle_id = r.json()["id"]
+
+    trainer = _wait("a training checkpoint", lambda: (c := _cycle(cycle_id)).checkpoint_key and c.worker, tmp_path)
+    killed_at = _cycle(cycle_id).progress["checkpoint_step"]
+    _kill_whole_worker(trainer, workers)
     running = _wait("a shard being scored", lambda: [s for s in _shards(cycle_id) if s.status == "running"], tmp_path)
     lost = running[0]
-    group = os.getpgid(int(lost.worker.rsplit(":", 1)[1]))
-    # The whole worker: its main process too, so nothing hands the shard's message back to Redis (it would stay
-    # unacknowledged for the 12 h visibility timeout); only the other workers' heartbeat ticks can rescue it.
-    os.killpg(group, signal.SIGKILL)
-    assert any(p.pid == group for p in workers)
+    _kill_whole_worker(lost.worker or "", workers)
     cycle = _wait("the cycle to finish", lambda: (c := _cycle(cycle_id)).finished_at and c, tmp_path)
 
     assert cycle.status == "done", cycle.error
+    taken = cycle.metrics["taken_over"]
+    assert [t["phase"] for t in taken] == ["train"] and taken[0]["previous_worker"] == trainer
+    assert 0 < killed_at <= cycle.metrics["train_resumed_from"] < PARAMS["steps"]  # resumed on another worker
     shards = _shards(cycle_id)
     rescued = next(s for s in shards if s.index == lost.index)
-    assert rescued.status == "done" and rescued.attempts >= 2
-    assert rescued.worker is not None  # scored again, by a worker process still alive:
-    assert int(rescued.worker.rsplit(":", 1)[1]) != int(lost.worker.rsplit(":", 1)[1])
+    assert rescued.status == "done" and rescued.attempts >= 2 and rescued.worker != lost.worker
     with db.session_scope() as session:
         entries = list(session.scalars(select(RankingEntry.case_id).where(RankingEntry.ranking_id == cycle.ranking_id)))
     assert sorted(entries) == sorted(c for s in shards for c in s.case_ids) and len(set(entries)) == 8
+
+
+def test_reading_a_cycle_sends_its_lost_phase_again_until_the_takeovers_run_out(
+    redis_env: str, client: TestClient, admin: Login,
+) -> None:
+    """The API's side of the takeover (no worker runs here: the sent tasks wait in Redis, where we count them)."""
+    import redis
+
+    from app.cycles.service import MAX_PHASE_TAKEOVERS
+
+    project = create_project(client, admin.headers, "silent", ["background", "thing"], "CT")
+    long_ago = utcnow() - dt.timedelta(hours=1)
+    with db.session_scope() as session:
+        cycle = Cycle(project_id=project["id"], strategy="mc_dropout_variance", status="running", phase="train",
+                      worker="lost-host:4242", started_at=long_ago, heartbeat_at=long_ago)
+        session.add(cycle)
+        session.flush()
+        cycle_id = cycle.id
+    queued = redis.Redis.from_url(os.environ["NEXTCASE_TEST_REDIS_URL"])
+
+    def messages() -> int:
+        return sum(int(queued.llen(key)) for key in queued.scan_iter(match=f"{redis_env}gpu*"))
+
+    for taken in range(1, MAX_PHASE_TAKEOVERS + 1):
+        body = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()
+        assert body["status"] == "running", body
+        assert len(body["metrics"]["taken_over"]) == taken and messages() == taken  # one train task per takeover
+        with db.session_scope() as session:  # the new worker went silent too
+            session.execute(update(Cycle).where(Cycle.id == cycle_id).values(heartbeat_at=long_ago))
+    body = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers).json()
+    assert body["status"] == "failed" and "no heartbeat" in body["error"] and messages() == MAX_PHASE_TAKEOVERS
+    queued.close()
 
 
 def test_shard_priorities_spread_each_cycle_over_the_levels() -> None:

@@ -58,8 +58,8 @@ class LivenessFile(bootsteps.StartStopStep):
 class DatabaseHeartbeat(bootsteps.StartStopStep):
     """Records the worker's name and time in ``worker_heartbeats`` every NEXTCASE_WORKER_HEARTBEAT_INTERVAL_S,
     for /metrics (nextcase_worker_heartbeat_timestamp_seconds): operators see a worker that stopped reporting.
-    On the same tick it sends again the score shards of a worker host that went silent
-    (``app.cycles.service.take_over_lost_shards``).
+    On the same tick it sends again the work of a worker host that went silent mid-task
+    (``app.cycles.service.take_over_lost_work``).
 
     Like :class:`LivenessFile`, a consumer step ticking in the worker's main process.
     """
@@ -84,12 +84,12 @@ class DatabaseHeartbeat(bootsteps.StartStopStep):
 
     def _beat(self) -> None:
         from app.core import db
-        from app.cycles.service import record_worker_heartbeat, take_over_lost_shards
+        from app.cycles.service import record_worker_heartbeat, take_over_lost_work
 
         try:
             with db.session_scope() as session:
                 record_worker_heartbeat(session, self.name)
             with db.session_scope() as session:  # the living rescue the shards of a worker host that was lost
-                take_over_lost_shards(session)
+                take_over_lost_work(session)
         except Exception:  # the database may be down for a moment: the next beat retries
             log.warning("worker heartbeat not recorded", exc_info=True)

@@ -66,12 +66,14 @@ def publish(cycle_id: int) -> None:
     pipeline.run_phase(cycle_id, "publish")
 
 
-def cycle_chain(cycle_id: int) -> chain:
-    """train → evaluate → score; immutable signatures: each step gets only the id. Score sends the shards, and the
-    last shard sends publish."""
+def cycle_chain(cycle_id: int, start: str = "train") -> chain:
+    """train → evaluate → score, from ``start`` on; immutable signatures: each step gets only the id. Score sends the
+    shards and the last shard sends publish, so publish is in the chain only when it is where the chain starts (a
+    publish taken over from a lost worker)."""
     app = apps.celery_app  # looked up now: tests and the CLI may have rebuilt it for new settings
+    phases = pipeline.PHASES[pipeline.PHASES.index(start):]
     steps = [app.signature(f"nextcase.cycle.{phase}", args=(cycle_id,), immutable=True, queue=GPU_QUEUE)
-             for phase in pipeline.PHASES if phase != "publish"]
+             for phase in phases if phase != "publish" or phase == start]
     return chain(*steps)
 
 

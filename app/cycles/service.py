@@ -139,8 +139,59 @@ def cancel(session: Session, cycle: Cycle, user: User, force: bool = False) -> C
 
 
 # A shard sent to another worker this many times is not sent again: its cycle fails like one whose worker went
-# silent (a case that kills every worker that scores it must not take them all down in turn).
+# silent (a case that kills every worker that scores it must not take them all down in turn). Likewise a cycle
+# whose phases were taken over this many times.
 MAX_SHARD_ATTEMPTS = 3
+MAX_PHASE_TAKEOVERS = 2
+
+
+def take_over_lost_work(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
+    """Send again the work of workers that went silent mid-task (see the two functions it calls); how many tasks."""
+    return (take_over_lost_shards(session, project_id=project_id, cycle_id=cycle_id)
+            + take_over_lost_phases(session, project_id=project_id, cycle_id=cycle_id))
+
+
+def _silent_cycles(project_id: int | None, cycle_id: int | None) -> Any:
+    cutoff = utcnow() - dt.timedelta(seconds=get_settings().cycle_heartbeat_timeout_s)
+    query = select(Cycle).where(Cycle.status == "running", or_(
+        Cycle.heartbeat_at < cutoff, and_(Cycle.heartbeat_at.is_(None), Cycle.started_at < cutoff)))
+    if project_id is not None:
+        query = query.where(Cycle.project_id == project_id)
+    if cycle_id is not None:
+        query = query.where(Cycle.id == cycle_id)
+    return query
+
+
+def take_over_lost_phases(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
+    """Send again, from its current phase on, each running cycle whose worker went silent mid-phase; how many.
+
+    Train, evaluate, publish, or a score phase that had not made its shards yet: as for a shard, the message of a
+    worker host lost whole would come back only after the visibility timeout. Every phase is safe to run again
+    (training resumes from its last checkpoint); the old message, if it comes back, finds the cycle moved on. The
+    takeovers are listed in the cycle's ``metrics.taken_over``; after ``MAX_PHASE_TAKEOVERS`` the cycle is left to
+    :func:`fail_stale`. Not for the embedded worker: it is this process.
+    """
+    if get_settings().embedded_worker:
+        return 0
+    moved: list[tuple[int, str]] = []
+    for cycle in session.scalars(_silent_cycles(project_id, cycle_id).with_for_update(skip_locked=True)):
+        taken = list(cycle.metrics.get("taken_over", []))
+        if cycle.phase is None or cycle.phase in cycle.timings or len(taken) >= MAX_PHASE_TAKEOVERS:
+            continue  # between phases the next task waits in the broker; no worker is missing
+        if cycle.phase == "score" and session.scalar(select(func.count()).select_from(ScoreShard)
+                                                     .where(ScoreShard.cycle_id == cycle.id)):
+            continue  # its shards are taken over one by one
+        taken.append({"phase": cycle.phase, "previous_worker": cycle.worker, "at": utcnow().isoformat()})
+        cycle.metrics, cycle.heartbeat_at = {**cycle.metrics, "taken_over": taken}, utcnow()
+        moved.append((cycle.id, cycle.phase))
+        log.warning("cycle phase sent to another worker: its worker went silent",
+                    extra={"cycle_id": cycle.id, "phase": cycle.phase, "previous_worker": cycle.worker})
+    session.flush()
+    for moved_id, phase in moved:
+        from worker.tasks import cycle_chain
+
+        cycle_chain(moved_id, phase).apply_async()
+    return len(moved)
 
 
 def take_over_lost_shards(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
@@ -187,19 +238,14 @@ def fail_stale(session: Session, *, project_id: int | None = None, cycle_id: int
     Checked lazily whenever cycles are read or started: without it a dead worker's cycle stays
     ``running`` until the broker redelivers its task (the 12 h visibility timeout), and the
     project's one active-cycle slot stays taken. A cycle between phases (its last phase finished,
-    the next still in the broker) has no worker to hear from and is left alone.
+    the next still in the broker) has no worker to hear from and is left alone. With a broker of its own
+    (not the embedded worker) the lost work is first sent to other workers (:func:`take_over_lost_work`);
+    what is failed here is what was taken over too often.
     """
-    take_over_lost_shards(session, project_id=project_id, cycle_id=cycle_id)
+    take_over_lost_work(session, project_id=project_id, cycle_id=cycle_id)
     bound = get_settings().cycle_heartbeat_timeout_s
-    cutoff = utcnow() - dt.timedelta(seconds=bound)
-    query = select(Cycle).where(Cycle.status == "running", or_(
-        Cycle.heartbeat_at < cutoff, and_(Cycle.heartbeat_at.is_(None), Cycle.started_at < cutoff)))
-    if project_id is not None:
-        query = query.where(Cycle.project_id == project_id)
-    if cycle_id is not None:
-        query = query.where(Cycle.id == cycle_id)
-    stale = [c for c in session.scalars(query) if c.phase is not None and c.phase not in c.timings
-             and not _shards_waiting(session, c)]
+    stale = [c for c in session.scalars(_silent_cycles(project_id, cycle_id)) if c.phase is not None
+             and c.phase not in c.timings and not _shards_waiting(session, c)]
     for cycle in stale:
         cycle.status, cycle.finished_at, cycle.cancel_requested = "failed", utcnow(), True
         cycle.error = (f"no heartbeat for over {bound:g} s from the worker running {cycle.phase} ({cycle.worker}): "
