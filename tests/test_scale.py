@@ -126,18 +126,27 @@ def _kill(worker: str) -> int:
     return pid
 
 
-def test_workers_share_scoring_and_a_killed_worker_process_costs_the_cycle_nothing(
-    client: TestClient, admin: Login, settings_env: Path, tmp_path: Path, workers: list[Any],
-) -> None:
-    project_id = _project(client, admin, settings_env, "shared", unlabelled=8)
+def _kill_the_trainer_then_wait_for_scoring(
+    client: TestClient, admin: Login, settings_env: Path, tmp_path: Path, name: str, kill: Callable[[str], object],
+) -> tuple[int, str, int, list[ScoreShard]]:
+    """Start a cycle of 8 unlabelled cases, ``kill`` the worker training it once it saved a checkpoint, and wait
+    for a shard being scored: (cycle id, the trainer, the checkpoint's step when it was killed, running shards)."""
+    project_id = _project(client, admin, settings_env, name, unlabelled=8)
     r = client.post(f"/api/v1/projects/{project_id}/cycles", json=PARAMS, headers=admin.headers)
     assert r.status_code == 202, r.text
     cycle_id = r.json()["id"]
-
     trainer = _wait("a training checkpoint", lambda: (c := _cycle(cycle_id)).checkpoint_key and c.worker, tmp_path)
     killed_at = _cycle(cycle_id).progress["checkpoint_step"]
-    _kill(trainer)
+    kill(trainer)
     running = _wait("a shard being scored", lambda: [s for s in _shards(cycle_id) if s.status == "running"], tmp_path)
+    return cycle_id, trainer, killed_at, running
+
+
+def test_workers_share_scoring_and_a_killed_worker_process_costs_the_cycle_nothing(
+    client: TestClient, admin: Login, settings_env: Path, tmp_path: Path, workers: list[Any],
+) -> None:
+    cycle_id, _, killed_at, running = _kill_the_trainer_then_wait_for_scoring(
+        client, admin, settings_env, tmp_path, "shared", lambda trainer: _kill(trainer))
     _kill(running[0].worker)
     cycle = _wait("the cycle to finish", lambda: (c := _cycle(cycle_id)).finished_at and c, tmp_path)
 
@@ -179,15 +188,8 @@ def _kill_whole_worker(worker: str, workers: list[Any]) -> None:
 def test_a_worker_lost_whole_costs_the_cycle_nothing_but_the_heartbeat_bound(
     client: TestClient, admin: Login, settings_env: Path, tmp_path: Path, short_heartbeat: float, workers: list[Any],
 ) -> None:
-    project_id = _project(client, admin, settings_env, "lost-host", unlabelled=8)
-    r = client.post(f"/api/v1/projects/{project_id}/cycles", json=PARAMS, headers=admin.headers)
-    assert r.status_code == 202, r.text
-    cycle_id = r.json()["id"]
-
-    trainer = _wait("a training checkpoint", lambda: (c := _cycle(cycle_id)).checkpoint_key and c.worker, tmp_path)
-    killed_at = _cycle(cycle_id).progress["checkpoint_step"]
-    _kill_whole_worker(trainer, workers)
-    running = _wait("a shard being scored", lambda: [s for s in _shards(cycle_id) if s.status == "running"], tmp_path)
+    cycle_id, trainer, killed_at, running = _kill_the_trainer_then_wait_for_scoring(
+        client, admin, settings_env, tmp_path, "lost-host", lambda trainer: _kill_whole_worker(trainer, workers))
     lost = running[0]
     _kill_whole_worker(lost.worker or "", workers)
     cycle = _wait("the cycle to finish", lambda: (c := _cycle(cycle_id)).finished_at and c, tmp_path)
