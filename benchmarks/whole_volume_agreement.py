@@ -1,11 +1,14 @@
-"""Does scoring in one whole-volume window rank cases like sliding windows do? Spearman's rho over real CT.
+"""Does a faster way of scoring rank cases like the float32 sliding windows do? Spearman's rho over real CT.
 
     .venv/bin/python -m benchmarks.whole_volume_agreement --train 4 --score 8 --steps 150
+    .venv/bin/python -m benchmarks.whole_volume_agreement --train 4 --score 8 --steps 150 --compare precision
 
 Trains the default network with decoder-only dropout on the first TRAIN openkbp-ct5 cases (128^3 centre crops,
 STEPS optimiser steps: a short run, not a converged model), then scores the next SCORE cases with
-``mc_dropout_variance`` (T = 5) twice: with sliding windows, and with ``score_whole_volume_voxels`` = 128^3.
-Prints both scores per case, Spearman's rho between the two orders, and the CPU time of each; not a test.
+``mc_dropout_variance`` (T = 5) twice: with float32 sliding windows, and with ``score_whole_volume_voxels`` =
+128^3 (``--compare whole-volume``) or with ``score_precision="auto"`` (``--compare precision``: bfloat16 where the
+CPU has AVX512-BF16 or AMX). Prints both scores per case, Spearman's rho between the two orders, and the CPU time
+of each; not a test.
 """
 
 from __future__ import annotations
@@ -47,30 +50,34 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=4)
     parser.add_argument("--score", type=int, default=8)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--compare", choices=("whole-volume", "precision"), default="whole-volume")
     args = parser.parse_args()
     images, labels = load(0, args.train)
-    params = TrainParams(steps=args.steps, dropout_position="decoder", val_every=0, augment=False)
+    params = TrainParams(steps=args.steps, dropout_position="decoder", val_every=0, augment=False,
+                         score_precision="float32")
     result = train_model(images, labels, 6, "CT", params, device="cpu")
     print(f"trained {args.steps} steps on {args.train} cases in {result.seconds:.0f} s; last loss "
           f"{result.epoch_losses[-1]:.3f}")
     model = build_unet(6, params)
     model.load_state_dict(result.state_dict)
-    whole = replace(params, score_whole_volume_voxels=SIZE**3)
+    other = {"whole-volume": ("whole volume", replace(params, score_whole_volume_voxels=SIZE**3)),
+             "precision": ("auto precision", replace(params, score_precision="auto"))}[args.compare]
+    variants = (("float32 windows", params), other)
     rows = []
-    cpu = {"windows": 0.0, "whole": 0.0}
+    cpu = {name: 0.0 for name, _ in variants}
     for i, image in enumerate(load(args.train, args.score)[0]):
         norm = normalise(image, "CT")
         scores = []
-        for name, p in (("windows", params), ("whole", whole)):
+        for name, p in variants:
             start = time.process_time()
             scores.append(score_case(model, norm, "mc_dropout_variance", p, case_key=i, device="cpu").score)
             cpu[name] += time.process_time() - start
         rows.append(scores)
-        print(f"case {args.train + i}: sliding windows {scores[0]:12.2f}   whole volume {scores[1]:12.2f}", flush=True)
+        print(f"case {args.train + i}: {variants[0][0]} {scores[0]:12.4f}   {other[0]} {scores[1]:12.4f}", flush=True)
     rho = spearmanr([r[0] for r in rows], [r[1] for r in rows]).statistic
-    print(f"Spearman rho of the two orders over {len(rows)} cases: {rho:.3f}; CPU time windows {cpu['windows']:.0f} s, "
-          f"whole volume {cpu['whole']:.0f} s ({cpu['windows'] / cpu['whole']:.2f}x); torch threads "
-          f"{torch.get_num_threads()}")
+    first, second = (cpu[name] for name, _ in variants)
+    print(f"Spearman rho of the two orders over {len(rows)} cases: {rho:.3f}; CPU time {variants[0][0]} {first:.0f} s, "
+          f"{other[0]} {second:.0f} s ({first / second:.2f}x); torch threads {torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

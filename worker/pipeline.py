@@ -538,6 +538,7 @@ def _score_cases(cycle_id: int, case_ids: list[int], store: BlobStore) -> None:
     if not cases:
         return
     model, meta = _load_model(store, cycle)
+    _progress(cycle_id, score_dtype=_score_dtype(meta.params.score_precision))
     should_stop = _cancel_checker(cycle_id)
     # Encoding and storing a case's prediction and map runs beside the next case's scoring, not before it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cycle-{cycle_id}-writer") as writer:
@@ -551,6 +552,13 @@ def _score_cases(cycle_id: int, case_ids: list[int], store: BlobStore) -> None:
             _raise_failed_writes(pending)
         for future in pending:
             future.result()
+
+
+def _score_dtype(precision: str) -> str:
+    """What this worker's score passes compute in (``TrainParams.score_precision``), for the cycle's progress."""
+    from worker.ml.inference import default_device, native_bfloat16
+
+    return "bfloat16" if precision == "auto" and native_bfloat16(default_device()) else "float32"
 
 
 def _raise_failed_writes(pending: list[Future[None]]) -> None:

@@ -29,6 +29,9 @@ class CycleCreate(BaseModel):
     score_whole_volume_voxels: int | None = Field(None, ge=0, description=(
         "decoder-only dropout: score cases whose padded volume has at most this many voxels in one whole-volume "
         "window instead of overlapping sliding windows (0: always sliding windows)"))
+    score_precision: Literal["auto", "float32"] | None = Field(None, description=(
+        "auto (default): the score phase runs in bfloat16 where the worker's device computes it natively, else "
+        "float32; float32: always float32"))
     query_size: int | None = Field(None, ge=1, le=10_000)
     temperature: float | None = Field(None, ge=0, le=100)
     temperature_decay: float | None = Field(None, ge=0, le=10)

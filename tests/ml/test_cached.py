@@ -17,7 +17,9 @@ from worker.ml.scoring import mc_dropout_statistics, score_case
 
 
 def _model(position: str = "decoder", seed: int = 0) -> tuple[nn.Module, Any]:
-    params = tiny_params(dropout_position=position, mc_passes=4, sw_overlap=0.5)
+    # float32: these tests compare the cached decoder with full passes to float tolerance (bfloat16 scoring is
+    # tests/ml/test_precision.py's subject).
+    params = tiny_params(dropout_position=position, mc_passes=4, sw_overlap=0.5, score_precision="float32")
     torch.manual_seed(seed)
     model = build_unet(3, params)
     # Non-trivial running weights: perturb every parameter so the decoder's output depends on its masks.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,14 +29,42 @@ __all__ = [
     "evaluate",
     "logits_to_probabilities",
     "mean_foreground_dice",
+    "native_bfloat16",
     "pad_volume",
     "predict_labels",
     "predict_probabilities",
+    "score_autocast",
     "sliding_window_probabilities",
     "window_starts",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def native_bfloat16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX
+    (elsewhere bfloat16 is emulated, and slower than float32). Asked at call time, never at import."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return kind == "cpu" and _cpu_has_bfloat16()
+
+
+@functools.cache
+def _cpu_has_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to ask cheaply, so float32
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def score_autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The precision the score phase's network passes run in (``TrainParams.score_precision``): bfloat16 autocast
+    for "auto" on a device that has it, else no autocast (float32)."""
+    if precision == "auto" and native_bfloat16(device):
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def default_device(device: str | None = None) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 __all__ = ["DROPOUT_POSITIONS", "STRATEGY_NAMES", "TrainParams"]
 
 DROPOUT_POSITIONS: tuple[str, ...] = ("all", "decoder")
+SCORE_PRECISIONS: tuple[str, ...] = ("auto", "float32")
 # The names registered in worker.ml.scoring, kept here so the API can check a name without importing
 # torch and MONAI (a cold import of them made the first cycle start after a restart take 30-40 s).
 STRATEGY_NAMES: tuple[str, ...] = ("bald", "coreset", "entropy", "mc_dropout_variance", "mc_dropout_variance_fg",
@@ -54,6 +55,11 @@ class TrainParams:
             then come from the whole volume rather than from ROI-sized windows, so scores and predictions differ
             from sliding-window ones, and so may the ranking (benchmarks/whole_volume_agreement.py measured
             Spearman's rho -0.24 over 8 CT cases with a short-trained model): compare before turning it on.
+        score_precision: "auto" runs the score phase's network passes (MC passes and the prediction) under
+            bfloat16 autocast where the device computes bfloat16 natively (a CUDA GPU that supports it, a CPU with
+            AVX512-BF16 or AMX), else in float32; "float32" always in float32. Statistics accumulate in float64
+            either way. Case scores move by about 0.1 %; tests/ml/test_precision.py checks that the ranking of a
+            fixed set of cases stays (Spearman's rho >= 0.99).
         query_size: cases an annotation round is expected to take; batch-aware strategies (core-set)
             spread their first ``query_size`` picks.
         temperature: initial temperature of stochastic (power / Gumbel) selection; 0 is greedy top-k.
@@ -82,6 +88,7 @@ class TrainParams:
     sw_overlap: float = 0.25
     sw_batch_size: int = 1
     score_whole_volume_voxels: int = 0
+    score_precision: Literal["auto", "float32"] = "auto"
     query_size: int = 10
     temperature: float = 1.0
     temperature_decay: float = 0.5
@@ -113,6 +120,9 @@ class TrainParams:
         _require_unit_interval("sw_overlap", self.sw_overlap, include_one=False)
         if self.score_whole_volume_voxels < 0:
             raise ValueError(f"score_whole_volume_voxels must be >= 0, got {self.score_whole_volume_voxels}")
+        if self.score_precision not in SCORE_PRECISIONS:
+            options = ", ".join(SCORE_PRECISIONS)
+            raise ValueError(f"score_precision must be one of {options}, got {self.score_precision!r}")
         if self.dropout_position not in DROPOUT_POSITIONS:
             options = ", ".join(DROPOUT_POSITIONS)
             raise ValueError(f"dropout_position must be one of {options}, got {self.dropout_position!r}")

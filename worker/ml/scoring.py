@@ -17,7 +17,7 @@ from torch import nn
 
 from worker.ml.cached import EncodedVolume, decode_probabilities, encode_volume
 from worker.ml.cancel import StopCheck
-from worker.ml.inference import default_device, sliding_window_probabilities
+from worker.ml.inference import default_device, score_autocast, sliding_window_probabilities
 from worker.ml.network import consistent_dropout_modules, decoder_only_dropout, mc_dropout_mode, preserve_modes
 from worker.ml.params import TrainParams
 
@@ -126,6 +126,15 @@ def score_case(
     params.validate()
     dev = default_device(device)
     model.to(dev)
+    with score_autocast(dev, params.score_precision):
+        return _score_case(model, image_norm, strategy, func, params, case_key=case_key, dev=dev,
+                           with_prediction=with_prediction, should_stop=should_stop)
+
+
+def _score_case(
+    model: nn.Module, image_norm: np.ndarray, strategy: str, func: Strategy, params: TrainParams, *, case_key: int,
+    dev: str, with_prediction: bool, should_stop: StopCheck | None,
+) -> ScoreResult:
     encoded = None
     if decoder_only_dropout(model) and (with_prediction or strategy not in MODEL_FREE):
         # The encoder runs once; every MC pass and the prediction below reuse it (worker.ml.cached).

@@ -36,6 +36,7 @@ export const CYCLE_FIELDS: readonly CycleField[] = [
   { name: "mc_passes", label: "MC passes", kind: "int", hint: "T, Monte-Carlo dropout passes" },
   { name: "sw_overlap", label: "Window overlap", kind: "float", hint: "sliding-window overlap in [0, 1)" },
   { name: "score_whole_volume_voxels", label: "Whole-volume voxels", kind: "int", hint: "decoder dropout only; 0: sliding windows" },
+  { name: "score_precision", label: "Score precision", kind: "choice", hint: "auto: bfloat16 where the device has it", options: ["auto", "float32"] },
   { name: "query_size", label: "Query size", kind: "int", hint: "cases per annotation round" },
   { name: "temperature", label: "Temperature", kind: "float", hint: "0: greedy top-k" },
   { name: "temperature_decay", label: "Temperature decay", kind: "float", hint: "factor per model version" },
