@@ -206,6 +206,31 @@ def test_a_worker_lost_whole_costs_the_cycle_nothing_but_the_heartbeat_bound(
     assert sorted(entries) == sorted(c for s in shards for c in s.case_ids) and len(set(entries)) == 8
 
 
+def _silent_training(client: TestClient, admin: Login) -> int:
+    """A cycle training on a worker that has not been heard of for an hour (no worker runs here)."""
+    project = create_project(client, admin.headers, "silent", ["background", "thing"], "CT")
+    long_ago = utcnow() - dt.timedelta(hours=1)
+    with db.session_scope() as session:
+        cycle = Cycle(project_id=project["id"], strategy="mc_dropout_variance", status="running", phase="train",
+                      worker="lost-host:4242", started_at=long_ago, heartbeat_at=long_ago)
+        session.add(cycle)
+        session.flush()
+        return int(cycle.id)
+
+
+def test_a_broker_that_refuses_the_takeover_leaves_the_cycle_unmarked_and_the_read_answers(
+    redis_env: str, client: TestClient, admin: Login, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NEXTCASE_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    get_settings.cache_clear()
+    reset_celery()
+    cycle_id = _silent_training(client, admin)
+    r = client.get(f"/api/v1/cycles/{cycle_id}", headers=admin.headers)
+    assert r.status_code == 200, r.text
+    # Nothing was sent, so nothing says it was: the cycle is failed as a silent one, as before takeovers existed.
+    assert "taken_over" not in r.json()["metrics"] and r.json()["status"] == "failed", r.json()
+
+
 def test_reading_a_cycle_sends_its_lost_phase_again_until_the_takeovers_run_out(
     redis_env: str, client: TestClient, admin: Login,
 ) -> None:
@@ -214,14 +239,8 @@ def test_reading_a_cycle_sends_its_lost_phase_again_until_the_takeovers_run_out(
 
     from app.cycles.service import MAX_PHASE_TAKEOVERS
 
-    project = create_project(client, admin.headers, "silent", ["background", "thing"], "CT")
+    cycle_id = _silent_training(client, admin)
     long_ago = utcnow() - dt.timedelta(hours=1)
-    with db.session_scope() as session:
-        cycle = Cycle(project_id=project["id"], strategy="mc_dropout_variance", status="running", phase="train",
-                      worker="lost-host:4242", started_at=long_ago, heartbeat_at=long_ago)
-        session.add(cycle)
-        session.flush()
-        cycle_id = cycle.id
     queued = redis.Redis.from_url(os.environ["NEXTCASE_TEST_REDIS_URL"])
 
     def messages() -> int:

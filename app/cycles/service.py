@@ -146,9 +146,21 @@ MAX_PHASE_TAKEOVERS = 2
 
 
 def take_over_lost_work(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
-    """Send again the work of workers that went silent mid-task (see the two functions it calls); how many tasks."""
-    return (take_over_lost_shards(session, project_id=project_id, cycle_id=cycle_id)
-            + take_over_lost_phases(session, project_id=project_id, cycle_id=cycle_id))
+    """Send again the work of workers that went silent mid-task (see the two functions it calls); how many tasks.
+
+    In a savepoint: if the broker refuses a task, nothing is marked as sent again, the caller (a GET, a worker's
+    heartbeat) goes on, and the next check tries again.
+    """
+    if get_settings().embedded_worker:
+        return 0
+    try:
+        with session.begin_nested():
+            return (take_over_lost_shards(session, project_id=project_id, cycle_id=cycle_id)
+                    + take_over_lost_phases(session, project_id=project_id, cycle_id=cycle_id))
+    except Exception:
+        log.warning("lost work not sent again: the broker or the database refused; the next check retries",
+                    exc_info=True)
+        return 0
 
 
 def _silent_cycles(project_id: int | None, cycle_id: int | None) -> Any:
