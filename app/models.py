@@ -412,7 +412,7 @@ class ScoreShard(Base):
 
     ``worker`` is the last worker process that ran it; ``attempts`` counts deliveries (a redelivered shard
     scores only the cases that have no score yet); ``heartbeat_at`` is written while it runs, so a shard whose
-    worker host went silent is sent to another worker (``app.cycles.service.take_over_lost_shards``).
+    worker host went silent is sent to another worker (``app.cycles.service.take_over_lost_work``).
     """
 
     __tablename__ = "score_shards"

@@ -15,7 +15,7 @@ Delivery choices (see README, "Worker"):
   the worker's main process (``task_reject_on_worker_lost``) and scores only the cases left; a train
   phase requeued that way resumes from its last checkpoint. A shard whose whole worker host was lost (its
   main process too) stays unacknowledged until the visibility timeout; its heartbeat stops, and after
-  ``NEXTCASE_CYCLE_HEARTBEAT_TIMEOUT_S`` it is sent again (``app.cycles.service.take_over_lost_shards``).
+  ``NEXTCASE_CYCLE_HEARTBEAT_TIMEOUT_S`` it is sent again (``app.cycles.service.take_over_lost_work``).
 - A light ``interop`` queue for PACS imports and SEG exports (network and DICOM decoding, no GPU): a
   production worker of its own consumes it (docker-compose ``worker-interop``), so an import never waits
   behind a training run; the embedded worker consumes both queues. Job state lives in

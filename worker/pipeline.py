@@ -87,7 +87,7 @@ def _heartbeat(cycle_id: int, shard: int | None = None) -> Iterator[None]:
 
     The API fails a running cycle whose heartbeat is older than NEXTCASE_CYCLE_HEARTBEAT_TIMEOUT_S,
     so a killed worker frees its project long before the broker would redeliver the task; a shard whose
-    heartbeat is that old is sent to another worker instead (``app.cycles.service.take_over_lost_shards``).
+    heartbeat is that old is sent to another worker instead (``app.cycles.service.take_over_lost_work``).
     A thread, not the progress callbacks: one epoch or one scored case can take longer than the bound.
     """
     stop = threading.Event()

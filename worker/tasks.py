@@ -4,7 +4,7 @@
 The score phase spreads over workers: the ``score`` task splits the unlabelled cases into shards and sends one
 ``score_shard`` task per shard; the shard task that finishes the last shard (the ``score_shards`` table says which)
 sends ``publish``. No chord: a shard whose worker host was lost is sent again as a new task
-(``app.cycles.service.take_over_lost_shards``), which a chord would not count, and the job state stays in the
+(``app.cycles.service.take_over_lost_work``), which a chord would not count, and the job state stays in the
 database rather than in Celery results.
 """
 

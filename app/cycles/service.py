@@ -148,15 +148,17 @@ MAX_PHASE_TAKEOVERS = 2
 def take_over_lost_work(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
     """Send again the work of workers that went silent mid-task (see the two functions it calls); how many tasks.
 
-    In a savepoint: if the broker refuses a task, nothing is marked as sent again, the caller (a GET, a worker's
-    heartbeat) goes on, and the next check tries again.
+    Called wherever stale cycles are checked (API reads) and on every worker's heartbeat tick, so the surviving
+    workers rescue a dead one's work. Not for the embedded worker: it is the API's own process. In a savepoint: if
+    the broker refuses a task, nothing is marked as sent again, the caller (a GET, a worker's heartbeat) goes on,
+    and the next check tries again.
     """
     if get_settings().embedded_worker:
         return 0
     try:
         with session.begin_nested():
-            return (take_over_lost_shards(session, project_id=project_id, cycle_id=cycle_id)
-                    + take_over_lost_phases(session, project_id=project_id, cycle_id=cycle_id))
+            return (_take_over_lost_shards(session, project_id, cycle_id)
+                    + _take_over_lost_phases(session, project_id, cycle_id))
     except Exception:
         log.warning("lost work not sent again: the broker or the database refused; the next check retries",
                     exc_info=True)
@@ -174,17 +176,17 @@ def _silent_cycles(project_id: int | None, cycle_id: int | None) -> Any:
     return query
 
 
-def take_over_lost_phases(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
+def _take_over_lost_phases(session: Session, project_id: int | None, cycle_id: int | None) -> int:
     """Send again, from its current phase on, each running cycle whose worker went silent mid-phase; how many.
 
     Train, evaluate, publish, or a score phase that had not made its shards yet: as for a shard, the message of a
     worker host lost whole would come back only after the visibility timeout. Every phase is safe to run again
     (training resumes from its last checkpoint); the old message, if it comes back, finds the cycle moved on. The
     takeovers are listed in the cycle's ``metrics.taken_over``; after ``MAX_PHASE_TAKEOVERS`` the cycle is left to
-    :func:`fail_stale`. Not for the embedded worker: it is this process.
+    :func:`fail_stale`.
     """
-    if get_settings().embedded_worker:
-        return 0
+    from worker.tasks import cycle_chain
+
     moved: list[tuple[int, str]] = []
     for cycle in session.scalars(_silent_cycles(project_id, cycle_id).with_for_update(skip_locked=True)):
         taken = list(cycle.metrics.get("taken_over", []))
@@ -200,26 +202,22 @@ def take_over_lost_phases(session: Session, *, project_id: int | None = None, cy
                     extra={"cycle_id": cycle.id, "phase": cycle.phase, "previous_worker": cycle.worker})
     session.flush()
     for moved_id, phase in moved:
-        from worker.tasks import cycle_chain
-
         cycle_chain(moved_id, phase).apply_async()
     return len(moved)
 
 
-def take_over_lost_shards(session: Session, *, project_id: int | None = None, cycle_id: int | None = None) -> int:
+def _take_over_lost_shards(session: Session, project_id: int | None, cycle_id: int | None) -> int:
     """Send again the score shards whose worker stopped writing their heartbeat; how many were sent.
 
     A worker host lost whole (its main process too) leaves its shard's message unacknowledged in Redis until the
     visibility timeout (``NEXTCASE_TASK_VISIBILITY_TIMEOUT_S``, 12 h): without this the shard would hold up its
     cycle until the heartbeat bound failed it. The shard goes back to ``queued`` and a new task carries it to any
     worker; it scores only the cases without a score. If the old message comes back after all, it finds the shard
-    done. Called wherever stale cycles are checked (API reads) and by every worker's heartbeat, so the survivors
-    rescue a dead worker's shard. Not for the embedded worker: it is this process.
+    done.
     """
-    settings = get_settings()
-    if settings.embedded_worker:
-        return 0
-    cutoff = utcnow() - dt.timedelta(seconds=settings.cycle_heartbeat_timeout_s)
+    from worker.tasks import send_shard
+
+    cutoff = utcnow() - dt.timedelta(seconds=get_settings().cycle_heartbeat_timeout_s)
     query = (select(ScoreShard).join(Cycle, Cycle.id == ScoreShard.cycle_id)
              .where(Cycle.status == "running", Cycle.phase == "score", ScoreShard.status == "running",
                     ScoreShard.attempts < MAX_SHARD_ATTEMPTS,
@@ -238,8 +236,6 @@ def take_over_lost_shards(session: Session, *, project_id: int | None = None, cy
                     extra={"cycle_id": shard.cycle_id, "shard": shard.index, "previous_worker": shard.worker})
     session.flush()
     for shard in lost:
-        from worker.tasks import send_shard
-
         send_shard(shard.cycle_id, shard.index)  # before commit is fine: the task waits for the shard's row lock
     return len(lost)
 
