@@ -556,9 +556,9 @@ def _score_cases(cycle_id: int, case_ids: list[int], store: BlobStore) -> None:
 
 def _score_dtype(precision: str) -> str:
     """What this worker's score passes compute in (``TrainParams.score_precision``), for the cycle's progress."""
-    from worker.ml.inference import default_device, native_bfloat16
+    from worker.ml.inference import default_device, score_dtype
 
-    return "bfloat16" if precision == "auto" and native_bfloat16(default_device()) else "float32"
+    return str(score_dtype(default_device(), precision)).removeprefix("torch.")
 
 
 def _raise_failed_writes(pending: list[Future[None]]) -> None:

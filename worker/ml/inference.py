@@ -34,6 +34,7 @@ __all__ = [
     "predict_labels",
     "predict_probabilities",
     "score_autocast",
+    "score_dtype",
     "sliding_window_probabilities",
     "window_starts",
 ]
@@ -59,10 +60,15 @@ def _cpu_has_bfloat16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def score_dtype(device: str, precision: str) -> torch.dtype:
+    """What the score phase's network passes compute in (``TrainParams.score_precision``): bfloat16 for "auto" on a
+    device that has it natively, else float32."""
+    return torch.bfloat16 if precision == "auto" and native_bfloat16(device) else torch.float32
+
+
 def score_autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """The precision the score phase's network passes run in (``TrainParams.score_precision``): bfloat16 autocast
-    for "auto" on a device that has it, else no autocast (float32)."""
-    if precision == "auto" and native_bfloat16(device):
+    """Autocast to :func:`score_dtype` when that is bfloat16; no autocast (float32) otherwise."""
+    if score_dtype(device, precision) == torch.bfloat16:
         return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
