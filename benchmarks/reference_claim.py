@@ -14,7 +14,8 @@ import os
 from fastapi import FastAPI, HTTPException
 from sqlalchemy import create_engine, text
 
-engine = create_engine(os.environ["NEXTCASE_DATABASE_URL"], pool_size=20, max_overflow=80)
+# The pool as NextCase configures it (app.core.db.make_engine: last in, first out).
+engine = create_engine(os.environ["NEXTCASE_DATABASE_URL"], pool_size=20, max_overflow=80, pool_use_lifo=True)
 app = FastAPI()
 
 CLAIM = text("""
