@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Response
@@ -42,7 +44,7 @@ def create_app() -> FastAPI:
     # served under /static-offline-docs: the default pages fetch them from a CDN, and hospital
     # networks are often offline (the page was blank).
     app = FastAPIOffline(title="NextCase", version="0.1.0",
-                         description="Decides which 3D image an annotator should label next.")
+                         description="Decides which 3D image an annotator should label next.", lifespan=_lifespan)
     install_handlers(app)
     get_metrics(app.state)
     keep_identifiers_out_of_library_output()
@@ -81,6 +83,12 @@ def _document_size_checks(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await db.close_async_pool()
 
 
 class LimitAndLog:

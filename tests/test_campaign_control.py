@@ -186,18 +186,25 @@ def test_a_claim_whose_number_the_draws_sent_miss_is_drawn_with_its_own_number(
     claim_all(client, annotator, project["id"], 5)
 
     stale = [True]
-    original = queue_service._claim_statement
+    inside: list[bool] = []  # set while a claim runs in a transaction of its own
+    original_params, original_transaction = queue_service._claim_params, queue_service._claim_in_transaction
 
-    def always_behind(session: Any, project_id: int, user: Any, published: int | None = None, *,
-                      autocommit: bool = False) -> Any:
-        if autocommit and stale[0]:
+    def always_behind(project_id: int, user: Any, published: int | None = None) -> Any:
+        if stale[0] and not inside:  # each try in autocommit finds the draws it sent far behind
             queue_service._HINTS[project_id] = (11, -1000, True)
-        elif not autocommit:
-            in_transaction.append(project_id)
-        return original(session, project_id, user, published, autocommit=autocommit)
+        return original_params(project_id, user, published)
+
+    def in_own_transaction(session: Any, project_id: int, user: Any) -> Any:
+        in_transaction.append(project_id)
+        inside.append(True)
+        try:
+            return original_transaction(session, project_id, user)
+        finally:
+            inside.pop()
 
     in_transaction: list[int] = []
-    monkeypatch.setattr(queue_service, "_claim_statement", always_behind)
+    monkeypatch.setattr(queue_service, "_claim_params", always_behind)
+    monkeypatch.setattr(queue_service, "_claim_in_transaction", in_own_transaction)
     claim_all(client, annotator, project["id"], 5)  # both tries in autocommit miss: a transaction of its own
     stale[0] = False
     if db.get_engine().dialect.name == "postgresql":

@@ -7,6 +7,7 @@ ping, the BEGIN and COMMIT that psycopg sends itself). SQLite has no wire: there
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from psycopg import sql
@@ -55,8 +57,9 @@ class Traffic:
 
 
 @contextmanager
-def wire(engine: Engine, tmp_path: Path) -> Iterator[Traffic]:
-    """Trace every connection the engine opens from now on (the pool is emptied first) and every statement."""
+def wire(engine: Engine, tmp_path: Path, client: TestClient) -> Iterator[Traffic]:
+    """Trace every connection the engine and the app's event loop pool (``db.async_pool``, where a claim runs) open
+    from now on (both pools are emptied first), and every statement SQLAlchemy sends."""
     traffic = Traffic()
 
     def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -69,17 +72,22 @@ def wire(engine: Engine, tmp_path: Path) -> Iterator[Traffic]:
         return
     traffic.trace = tmp_path / "libpq-trace.txt"
     with traffic.trace.open("w") as out:
-        def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        def on_connect(dbapi_conn: Any, *_: Any) -> None:
             dbapi_conn.pgconn.trace(out.fileno())
 
         event.listen(engine, "connect", on_connect)
+        db.async_connect_hooks.append(on_connect)
         engine.dispose()
+        assert client.portal is not None
+        client.portal.call(db.close_async_pool)
         try:
             yield traffic
         finally:
             event.remove(engine, "connect", on_connect)
             event.remove(engine, "before_cursor_execute", on_execute)
+            db.async_connect_hooks.remove(on_connect)
             engine.dispose()  # stop tracing before the file closes
+            client.portal.call(db.close_async_pool)
 
 
 def mark(traffic: Traffic) -> None:
@@ -109,7 +117,7 @@ def test_a_claim_with_a_cached_token_is_at_most_4_round_trips(
     project = create_project(client, admin.headers, "cost")["id"]
     bulk_cases(project, 20, settings_env)
     engine = db.get_engine()
-    with wire(engine, tmp_path) as traffic:
+    with wire(engine, tmp_path, client) as traffic:
         for _ in range(3):  # the first publishes the cold-start ranking; the token is then cached
             claim(client, annotator, project)
         mark(traffic)
@@ -135,9 +143,10 @@ def test_a_claim_with_a_cached_token_is_at_most_4_round_trips(
         assert entry is not None and (got["rank"], got["score"]) == (entry.rank, entry.score)
     if engine.dialect.name == "postgresql":
         assert round_trips is not None and len(round_trips) <= 4, round_trips
-        # What it is today: the claim statement, in autocommit (a connection back in the pool within
-        # NEXTCASE_DB_PING_IDLE_S is used without a ping; past it, the ping is one round trip more).
-        assert len(round_trips) == 1 and len(statements) == 1, (round_trips, statements)
+        # What it is today: the claim statement, in autocommit, on the event loop's own connection (one back in the
+        # pool within NEXTCASE_DB_PING_IDLE_S is used without a ping; past it, the ping is one round trip more), and
+        # nothing through the ORM session.
+        assert len(round_trips) == 1 and statements == [], (round_trips, statements)
     else:
         assert len(statements) <= SQLITE_STATEMENTS, statements
 
@@ -187,6 +196,63 @@ def test_within_the_bound_an_ended_connection_fails_one_request_and_the_pool_is_
         assert r.status_code == 200, r.text
 
 
+def _claim_pool_bound(client: TestClient, monkeypatch: pytest.MonkeyPatch, idle_s: float) -> None:
+    monkeypatch.setenv("NEXTCASE_DB_PING_IDLE_S", str(idle_s))
+    get_settings.cache_clear()
+    db.configure()
+    assert client.portal is not None
+    client.portal.call(db.close_async_pool)  # the event loop's pool is made anew, with this bound
+
+
+@pytest.mark.parametrize("idle_s", [0.0, 0.3])
+def test_a_claim_connection_the_database_ended_is_replaced_before_use(
+    client: TestClient, admin: Login, annotator: Login, database_url: str, settings_env: Path,
+    monkeypatch: pytest.MonkeyPatch, idle_s: float
+) -> None:
+    """Claims and lease ends run on the event loop's own pool (``db.async_pool``): it pings a connection idle past
+    NEXTCASE_DB_PING_IDLE_S and replaces one the database ended, as the ORM's pool does."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server that could end a pooled connection")
+    _claim_pool_bound(client, monkeypatch, idle_s)
+    project = create_project(client, admin.headers, "restarted")["id"]
+    bulk_cases(project, 6, settings_env)
+    first = claim(client, annotator, project)  # the loop's pool now holds a used connection
+    assert _end_idle_connections(database_url) >= 1
+    time.sleep(2 * idle_s)  # idle past the bound: never shorter, however loaded the machine
+    r = client.delete(f"/api/v1/leases/{first['lease']['token']}", headers=annotator.headers)
+    assert r.status_code == 200, r.text
+    assert len({claim(client, annotator, project)["case"]["id"] for _ in range(3)}) == 3
+
+
+def test_within_the_bound_an_ended_claim_connection_fails_one_claim_and_is_replaced(
+    client: TestClient, admin: Login, annotator: Login, database_url: str, settings_env: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server that could end a pooled connection")
+    _claim_pool_bound(client, monkeypatch, 60)
+    project = create_project(client, admin.headers, "restarted")["id"]
+    bulk_cases(project, 6, settings_env)
+    held = claim(client, annotator, project)["case"]["id"]
+    assert client.portal is not None
+    assert client.portal.call(_use_connections, 3) == 3  # the loop's pool holds 3 connections used a moment ago
+    assert _end_idle_connections(database_url) >= 3
+    with pytest.raises(psycopg.OperationalError, match="terminating connection"):
+        client.post(f"/api/v1/projects/{project}/queue/next", headers=annotator.headers)
+    # Nothing was claimed by the failed one, and only that one failed: the pool tested its other connections then.
+    assert len({held} | {claim(client, annotator, project)["case"]["id"] for _ in range(3)}) == 4
+
+
+async def _use_connections(n: int) -> int:
+    """Check out n connections of the event loop's pool at once, use each, give them back."""
+    pool = await db.async_pool()
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(pool.connection()) for _ in range(n)]
+        for conn in conns:
+            await conn.execute("SELECT 1")
+        return len({id(conn) for conn in conns})
+
+
 def _history(project_id: int, user_id: int, case_ids: list[int], skipped: list[int]) -> dict[int, dt.datetime]:
     """A long lease history for the user: 3,000 released leases over every case and 300 skips of ``skipped``
     (each skipped many times); returns when each of those was last skipped."""
@@ -223,7 +289,7 @@ def test_a_claim_does_not_read_the_annotators_lease_history(
     last_skip = _history(project, annotator.user_id, ids, skipped)
     engine = db.get_engine()
 
-    with wire(engine, tmp_path) as traffic:
+    with wire(engine, tmp_path, client) as traffic:
         # Warm: both tokens cached, the statement prepared. They hold the ranking's first case and first unskipped one.
         held = {claim(client, newcomer, project)["case"]["id"], claim(client, annotator, project)["case"]["id"]}
         mark(traffic)

@@ -37,8 +37,8 @@ def _ranking_info(ranking: Ranking | None) -> RankingInfo | None:
 
 @router.post("/projects/{project_id}/queue/next", response_model=ClaimResponse,
              responses={204: {"description": "no case left to annotate"}})
-def claim_next(project_id: Id, session: SessionDep, user: UserDep) -> Response:
-    claim = service.claim_next(session, project_id, user)
+async def claim_next(project_id: Id, user: UserDep) -> Response:
+    claim = await service.claim_next_async(project_id, user)
     if claim is None:
         return Response(status_code=204)
     return _json(ClaimResponse(case=claim.case, rank=claim.rank, score=claim.score, ranking_id=claim.ranking.id,
@@ -74,13 +74,13 @@ def renew(token: LeaseToken, session: SessionDep, user: UserDep) -> LeasePublic:
 
 
 @router.delete("/leases/{token}", response_model=LeasePublic)
-def release(token: LeaseToken, session: SessionDep, user: UserDep) -> Response:
-    return _json(service.end_lease(session, token, user, "released"))
+async def release(token: LeaseToken, user: UserDep) -> Response:
+    return _json(await service.end_lease_async(token, user, "released"))
 
 
 @router.post("/leases/{token}/skip", response_model=LeasePublic)
-def skip(token: LeaseToken, body: SkipRequest, session: SessionDep, user: UserDep) -> Response:
-    return _json(service.end_lease(session, token, user, "skipped", service.require_reason(body.reason)))
+async def skip(token: LeaseToken, body: SkipRequest, user: UserDep) -> Response:
+    return _json(await service.end_lease_async(token, user, "skipped", service.require_reason(body.reason)))
 
 
 @router.get("/projects/{project_id}/queue", response_model=QueuePage)

@@ -10,18 +10,21 @@ import datetime as dt
 import functools
 import random
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import ClauseElement, Dialect, insert, literal, select, true, update
+import anyio.to_thread
+from psycopg import AsyncConnection, AsyncCursor
+from sqlalchemy import ClauseElement, Connection, Dialect, Engine, insert, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.campaign import draw
 from app.cases import service as cases
 from app.cases.schemas import CasePublic
+from app.core import db
 from app.core.config import get_settings
 from app.core.errors import Conflict, Forbidden, InvalidRequest, LeaseExpired, NotFound
 from app.models import Case, Lease, Project, Ranking, RankingEntry, User, UTCDateTime, utcnow
@@ -137,9 +140,10 @@ def claim_next(session: Session, project_id: int, user: User) -> Claim | None:
 
     Claims are numbered one at a time and without gaps (a claim that finds nothing gives its number back); case
     rows are locked after the number is drawn. On PostgreSQL the claim is one statement
-    (``repository.claim_statement``): in a session that has not started a transaction (a request's) it runs on its
-    own in autocommit, a transaction of one round trip; inside a transaction (MONAI Label's Next Sample, which ends
-    a lease first) it is a statement of that transaction. SQLite runs ``_claim_serialised``.
+    (``repository.claim_statement``): in a session that has not started a transaction it runs on its own in
+    autocommit, a transaction of one round trip; inside a transaction (MONAI Label's Next Sample, which ends a lease
+    first) it is a statement of that transaction. SQLite runs ``_claim_serialised``. A request's claim is
+    ``claim_next_async``.
     """
     if session.get_bind().dialect.name != "postgresql":
         return _claim_serialised(session, project_id, user)
@@ -148,14 +152,47 @@ def claim_next(session: Session, project_id: int, user: User) -> Claim | None:
     row = _claim_statement(session, project_id, user, autocommit=True)
     if row.outcome == "draw":  # the draws sent missed the claim's number: again with the number it read
         row = _claim_statement(session, project_id, user, autocommit=True)
-    claim = _claim_of(session, row, user) if row.outcome == "go" else None
+    claim = _claim_of(row, _returned_note(session, row, user)) if row.outcome == "go" else None
     session.commit()  # nothing left to commit (each statement was its own transaction): the connection goes back now
-    if row.outcome == "go":
-        return claim
-    # Rare: a ranking to publish first (the first claim, or cases added to a cold-start project), or claims of other
-    # API processes moving the number on between two tries. A transaction of its own holds the project meanwhile.
-    with Session(session.get_bind(), expire_on_commit=False) as own, own.begin():
+    return claim if row.outcome == "go" else _claim_in_own_transaction(project_id, user, session.get_bind())
+
+
+async def claim_next_async(project_id: int, user: User) -> Claim | None:
+    """``claim_next`` for a request, on the event loop.
+
+    On PostgreSQL the claim statement runs on a connection of the loop's own pool (``db.async_pool``), in
+    autocommit: no worker thread and no ORM session. Only a claim that needs a transaction (a ranking to publish
+    first, draws that missed the claim's number twice) or the review note of a returned case goes to a worker
+    thread. SQLite claims in a worker thread, in a session of their own.
+    """
+    if get_settings().is_sqlite:
+        return await anyio.to_thread.run_sync(_claim_in_own_session, project_id, user)
+    async with db.async_connection() as conn:
+        row = await _claim_statement_async(conn, project_id, user)
+        if row.outcome == "draw":
+            row = await _claim_statement_async(conn, project_id, user)
+    if row.outcome != "go":
+        return await anyio.to_thread.run_sync(_claim_in_own_transaction, project_id, user)
+    if _tier(row) == "returned":
+        return _claim_of(row, await anyio.to_thread.run_sync(_review_note_of, row, user))
+    return _claim_of(row)
+
+
+def _claim_in_own_session(project_id: int, user: User) -> Claim | None:
+    with db.session_scope() as session:
+        return claim_next(session, project_id, user)
+
+
+def _claim_in_own_transaction(project_id: int, user: User, bind: Engine | Connection | None = None) -> Claim | None:
+    """Rare: a ranking to publish first (the first claim, or cases added to a cold-start project), or claims of other
+    API processes moving the number on between two tries. A transaction of its own holds the project meanwhile."""
+    with Session(bind or db.get_engine(), expire_on_commit=False) as own, own.begin():
         return _claim_in_transaction(own, project_id, user)
+
+
+def _review_note_of(row: Any, user: User) -> ReviewNote | None:
+    with db.new_session() as session:
+        return _returned_note(session, row, user)
 
 
 def _claim_in_transaction(session: Session, project_id: int, user: User) -> Claim | None:
@@ -168,7 +205,7 @@ def _claim_in_transaction(session: Session, project_id: int, user: User) -> Clai
         if row.outcome == "ranking":
             published = publish_cold_start(session, project_id).id
         elif row.outcome == "go":
-            return _claim_of(session, row, user)
+            return _claim_of(row, _returned_note(session, row, user))
     raise RuntimeError(f"project {project_id}: the claim did not settle under the project's locks")
 
 
@@ -195,9 +232,35 @@ def _execute(session: Session, statement: ClauseElement, params: dict[str, Any],
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     conn = session.connection()
     sql, constants = _compiled(statement, conn.dialect)
-    values = {name: _naive_utc(value) for name, value in params.items()}
-    row = conn.exec_driver_sql(sql, {**constants, **values}).one_or_none()
-    return None if row is None else SimpleNamespace(**{k: _aware_utc(v) for k, v in row._mapping.items()})
+    row = conn.exec_driver_sql(sql, _values(constants, params)).one_or_none()
+    return None if row is None else _row_of(row._mapping.items())
+
+
+async def _execute_async(conn: AsyncConnection[Any], statement: ClauseElement, params: dict[str, Any]) -> Any | None:
+    """``_execute`` on a connection of ``db.async_pool`` (in autocommit: a transaction of its own)."""
+    sql, constants = _compiled(statement, db.get_engine().dialect)
+    cursor = await conn.execute(sql, _values(constants, params))
+    row = await cursor.fetchone()
+    return None if row is None else _row_of(zip(_column_names(sql, cursor), row, strict=True))
+
+
+def _values(constants: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return {**constants, **{name: _naive_utc(value) for name, value in params.items()}}
+
+
+def _row_of(items: Iterable[tuple[Any, Any]]) -> SimpleNamespace:
+    return SimpleNamespace(**{name: _aware_utc(value) for name, value in items})
+
+
+_COLUMN_NAMES: dict[str, list[str]] = {}
+
+
+def _column_names(sql: str, cursor: AsyncCursor[Any]) -> list[str]:
+    """The names of a statement's result columns, read once (psycopg builds a description object per column)."""
+    names = _COLUMN_NAMES.get(sql)
+    if names is None:
+        names = _COLUMN_NAMES[sql] = [column.name for column in cursor.description or ()]
+    return names
 
 
 @functools.cache
@@ -221,14 +284,28 @@ def _aware_utc(value: Any) -> Any:
 
 def _claim_statement(session: Session, project_id: int, user: User, published: int | None = None, *,
                      autocommit: bool = False) -> Any:
+    row = _execute(session, repo.claim_statement(), _claim_params(project_id, user, published), alone=autocommit)
+    return _noted(project_id, row)
+
+
+async def _claim_statement_async(conn: AsyncConnection[Any], project_id: int, user: User) -> Any:
+    return _noted(project_id, await _execute_async(conn, repo.claim_statement(), _claim_params(project_id, user)))
+
+
+def _claim_params(project_id: int, user: User, published: int | None = None) -> dict[str, Any]:
+    """The claim statement's parameters, with the control draws for the claim numbers this process expects next."""
     seed, base, possible = _HINTS.get(project_id, (0, 0, False))
     window = [_draws(seed, n) for n in range(base, base + DRAWS_AHEAD)] if possible else []
-    row = _execute(session, repo.claim_statement(), {
+    return {
         "claim_project_id": project_id, "claim_user_id": user.id, "claim_now": utcnow(), "claim_seed": seed,
         "claim_base": base, "claim_arm_u": [arm for arm, _ in window], "claim_case_u": [pos for _, pos in window],
         "claim_token": secrets.token_urlsafe(24), "claim_lease_duration": lease_duration(),
         "claim_published": published,
-    }, alone=autocommit)
+    }
+
+
+def _noted(project_id: int, row: Any | None) -> Any:
+    """The claim statement's row, after noting the claim number and draws it saw for the next claim."""
     if row is None:
         raise NotFound(f"project {project_id} does not exist", field="project_id")
     if row.outcome == "go":
@@ -238,15 +315,23 @@ def _claim_statement(session: Session, project_id: int, user: User, published: i
     return row
 
 
-def _claim_of(session: Session, row: Any, user: User) -> Claim | None:
-    if row.tier is None:
+def _tier(row: Any) -> str | None:
+    return None if row.tier is None else repo.CLAIM_TIERS[row.tier - 1]
+
+
+def _returned_note(session: Session, row: Any, user: User) -> ReviewNote | None:
+    """On a case a reviewer sent back to the claimant: the review that did."""
+    return review.returned_note(session, row.id, user.id, row.readers) if _tier(row) == "returned" else None
+
+
+def _claim_of(row: Any, note: ReviewNote | None = None) -> Claim | None:
+    tier = _tier(row)
+    if tier is None:
         return None
-    tier = repo.CLAIM_TIERS[row.tier - 1]
     return Claim(
         case=cases.public_view(row, row.pseudonym, row.latest_label_version),
         lease=LeaseGrant(row.token, row.lease_created_at, row.lease_expires_at), rank=row.rank, score=row.score,
-        ranking=RankingRef(row.ranking_id, row.kind, row.strategy, row.model_version_id), tier=tier,
-        review=review.returned_note(session, row.id, user.id, row.readers) if tier == "returned" else None)
+        ranking=RankingRef(row.ranking_id, row.kind, row.strategy, row.model_version_id), tier=tier, review=note)
 
 
 def _claim_serialised(session: Session, project_id: int, user: User) -> Claim | None:
@@ -375,23 +460,61 @@ def end_lease(session: Session, token: str, user: User, reason: str, skip_reason
                      lease_id=lease.id, **({"reason": skip_reason} if skip_reason else {}))
         return lease_public(lease)
     alone = not session.in_transaction()
-    row = _execute(session, repo.end_lease_statement(), {
-        "claim_token": token, "claim_user_id": user.id, "claim_admin": user.role == "admin", "claim_now": now,
-        "claim_reason": reason, "claim_skip_reason": skip_reason, "claim_action": f"lease.{reason}"}, alone=alone)
+    row = _execute(session, repo.end_lease_statement(), _end_lease_params(token, user, reason, skip_reason, now),
+                   alone=alone)
+    if row is not None and row.ended is None and (row.user_id == user.id or user.role == "admin"):
+        _why_not_ended(session, token)
+    if alone:
+        session.commit()  # nothing left to commit: the connection goes back now
+    return _ended(row, user)
+
+
+async def end_lease_async(token: str, user: User, reason: str, skip_reason: str | None = None) -> LeasePublic:
+    """``end_lease`` for a request, on the event loop: on PostgreSQL one statement on a connection of the loop's own
+    pool (as ``claim_next_async``); SQLite in a worker thread, in a session of its own."""
+    if get_settings().is_sqlite:
+        return await anyio.to_thread.run_sync(_end_lease_in_own_session, token, user, reason, skip_reason)
+    async with db.async_connection() as conn:
+        row = await _execute_async(conn, repo.end_lease_statement(),
+                                   _end_lease_params(token, user, reason, skip_reason, utcnow()))
+    if row is not None and row.ended is None and (row.user_id == user.id or user.role == "admin"):
+        await anyio.to_thread.run_sync(_why_not_ended_in_own_session, token)
+    return _ended(row, user)
+
+
+def _end_lease_params(token: str, user: User, reason: str, skip_reason: str | None,
+                      now: dt.datetime) -> dict[str, Any]:
+    return {"claim_token": token, "claim_user_id": user.id, "claim_admin": user.role == "admin", "claim_now": now,
+            "claim_reason": reason, "claim_skip_reason": skip_reason, "claim_action": f"lease.{reason}"}
+
+
+def _ended(row: Any | None, user: User) -> LeasePublic:
+    """The lease the end-lease statement ended, or the error saying why it ended none."""
     if row is None:
         raise NotFound("no lease with this token", field="token")
     if row.user_id != user.id and user.role != "admin":
         raise Forbidden("this lease belongs to another annotator", field="token")
-    if row.ended is None:  # nothing written: read the lease again (it may have ended after the statement began)
-        again = session.scalar(select(Lease).where(Lease.token == token).execution_options(populate_existing=True))
-        assert again is not None
-        if again.ended_at is not None:
-            raise LeaseExpired(f"the lease ended ({again.end_reason}) at {again.ended_at.isoformat()}", field="token")
-        raise LeaseExpired(f"the lease expired at {again.expires_at.isoformat()}", field="token")
-    if alone:
-        session.commit()  # nothing left to commit: the connection goes back now
     return LeasePublic(token=row.token, case_id=row.case_id, user_id=row.user_id, created_at=row.created_at,
                        expires_at=row.expires_at, ended_at=row.ended, end_reason=row.ended_reason)
+
+
+def _why_not_ended(session: Session, token: str) -> NoReturn:
+    """Nothing was written: read the lease again (it may have ended after the statement began) and say why."""
+    again = session.scalar(select(Lease).where(Lease.token == token).execution_options(populate_existing=True))
+    assert again is not None
+    if again.ended_at is not None:
+        raise LeaseExpired(f"the lease ended ({again.end_reason}) at {again.ended_at.isoformat()}", field="token")
+    raise LeaseExpired(f"the lease expired at {again.expires_at.isoformat()}", field="token")
+
+
+def _why_not_ended_in_own_session(token: str) -> NoReturn:
+    with db.new_session() as session:
+        _why_not_ended(session, token)
+
+
+def _end_lease_in_own_session(token: str, user: User, reason: str, skip_reason: str | None) -> LeasePublic:
+    with db.session_scope() as session:
+        return end_lease(session, token, user, reason, skip_reason)
 
 
 def lease_public(lease: Lease) -> LeasePublic:
