@@ -2,10 +2,12 @@
 
 Seeds a throw-away database with CASES cases, starts ``nextcase serve`` on it (the API process, without the
 embedded worker) and the minimal reference claim (benchmarks/reference_claim.py: one UPDATE … SKIP LOCKED
-statement, no authentication, ranking or audit) on the same database. For each client count N, N concurrent
-annotators claim the next case and release it for a fixed time, first against NextCase, then against the
-reference; ROUNDS such rounds. Prints claim latency (p50 / p99), release latency and claims per second over all
-rounds, and NextCase's figures as ratios to the reference's.
+statement, no authentication, ranking or audit) on the same database; the reference also claims with gap-free
+claim numbers (``/claim/{project}/numbered``), the one part of NextCase's claim that makes a project's claims take
+turns. For each client count N, N concurrent annotators claim the next case and release it for a fixed time
+against each system in turn; ROUNDS such rounds. Prints claim latency (p50 / p99), release latency and claims per
+second over all rounds, and NextCase's claim median as a ratio to each reference's: pooled over all rounds, and
+round by round (paired) with a 95 % interval.
 
     .venv/bin/python -m benchmarks.queue_load --clients 1,8,32,64 --seconds 15
 
@@ -30,6 +32,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.auth import service as auth
+from app.campaign.stats import mean_ci
 from app.core import db, migrate
 from app.core.config import get_settings
 from app.projects.service import create_project
@@ -128,9 +131,12 @@ def run_clients(base: str, project_id: int, tokens: list[str], seconds: float) -
     return drive(base, [{"Authorization": f"Bearer {t}"} for t in tokens], claim, release, seconds)
 
 
-def run_reference(base: str, project_id: int, clients: int, seconds: float) -> tuple[list[float], list[float]]:
+def run_reference(base: str, project_id: int, clients: int, seconds: float, *,
+                  numbered: bool = False) -> tuple[list[float], list[float]]:
+    path = f"/claim/{project_id}/numbered" if numbered else f"/claim/{project_id}"
+
     def claim(http: httpx.Client) -> str:
-        r = http.post(f"/claim/{project_id}")
+        r = http.post(path)
         r.raise_for_status()
         return str(r.json()["case"])
 
@@ -152,7 +158,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32,64")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="rounds in which NextCase and the reference take turns (the load of a shared machine "
                              "drifts: taking turns exposes both to it alike)")
     args = parser.parse_args()
@@ -170,40 +176,74 @@ def main() -> None:
     project_id, tokens = seed(args.cases, max(counts), blob_dir)
     ours, theirs = f"http://127.0.0.1:{args.port}", f"http://127.0.0.1:{args.port + 1}"
     server, reference = start_server(env, args.port), start_reference(env, args.port + 1)
-    rows: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
+    systems: dict[str, Runner] = {
+        "NextCase": lambda n, s: run_clients(ours, project_id, tokens[:n], s),
+        "reference": lambda n, s: run_reference(theirs, project_id, n, s),
+        "numbered reference": lambda n, s: run_reference(theirs, project_id, n, s, numbered=True),
+    }
     try:
         print(f"{args.cases} cases, PostgreSQL, claim + release per iteration; {args.rounds} round(s) of "
-              f"{args.seconds:g} s per system and client count, NextCase and the reference taking turns")
-        run_clients(ours, project_id, tokens[:1], 2)  # warm: connections, prepared statements, caches
-        run_reference(theirs, project_id, 1, 2)
-        for _ in range(args.rounds):
-            for n in counts:
-                for name, (claims, releases) in (
-                        ("NextCase", run_clients(ours, project_id, tokens[:n], args.seconds)),
-                        ("reference", run_reference(theirs, project_id, n, args.seconds))):
-                    pooled = rows.setdefault((name, n), ([], []))
-                    pooled[0].extend(claims)
-                    pooled[1].extend(releases)
+              f"{args.seconds:g} s per system and client count, the systems taking turns")
+        rows, paired = measure(systems, counts, args.rounds, args.seconds)
     finally:
         for proc in (server, reference):
             proc.terminate()
             proc.wait(timeout=30)
         db.dispose()
-    seconds = args.seconds * args.rounds
+    report(rows, paired, counts, args.rounds, args.seconds)
+
+
+Runner = Callable[[int, float], tuple[list[float], list[float]]]
+TITLES = {"NextCase": "NextCase (POST /api/v1/projects/{id}/queue/next, DELETE /api/v1/leases/{token})",
+          "reference": "Reference claim (benchmarks/reference_claim.py, POST /claim/{project})",
+          "numbered reference": "Reference claim with gap-free claim numbers (POST /claim/{project}/numbered)"}
+
+
+def measure(systems: dict[str, Runner], counts: list[int], rounds: int, seconds: float) -> tuple[
+        dict[tuple[str, int], tuple[list[float], list[float]]], dict[tuple[str, int], list[float]]]:
+    """Claim and release times of each system and client count, over all rounds; and per round, NextCase's claim
+    p50 over each reference's (the systems run back to back within a round: a paired comparison)."""
+    rows: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
+    paired: dict[tuple[str, int], list[float]] = {}
+    for run in systems.values():
+        run(1, 2)  # warm: connections, prepared statements, caches
+    for _ in range(rounds):
+        for n in counts:
+            medians = {}
+            for name, run in systems.items():
+                claims, releases = run(n, seconds)
+                pooled = rows.setdefault((name, n), ([], []))
+                pooled[0].extend(claims)
+                pooled[1].extend(releases)
+                medians[name] = statistics.median(claims)
+            for name in systems:
+                if name != "NextCase":
+                    paired.setdefault((name, n), []).append(medians["NextCase"] / medians[name])
+    return rows, paired
+
+
+def report(rows: dict[tuple[str, int], tuple[list[float], list[float]]], paired: dict[tuple[str, int], list[float]],
+           counts: list[int], rounds: int, seconds: float) -> None:
+    total = seconds * rounds
     header = f"{'clients':>7} {'claims':>7} {'claims/s':>9} {'claim p50':>10} {'claim p99':>10} {'release p50':>12}"
-    for name, title in (("NextCase", "NextCase (POST /api/v1/projects/{id}/queue/next, DELETE /api/v1/leases/{token})"),
-                        ("reference", "Reference claim (benchmarks/reference_claim.py)")):
-        extra = f" {'NextCase p50 / ref':>19} {'ref claims/s / NextCase':>24}" if name == "reference" else ""
-        print(f"\n{title}\n{header}{extra}")
+    for name in dict.fromkeys(name for name, _ in rows):
+        extra = f" {'NextCase p50 / this':>20} {'claims/s: this / NextCase':>26}" if name != "NextCase" else ""
+        print(f"\n{TITLES[name]}\n{header}{extra}")
         for n in counts:
             claims, releases = rows[(name, n)]
-            line = (f"{n:>7} {len(claims):>7} {len(claims) / seconds:>9.1f} {pct(claims, 50):>8.1f}ms "
+            line = (f"{n:>7} {len(claims):>7} {len(claims) / total:>9.1f} {pct(claims, 50):>8.1f}ms "
                     f"{pct(claims, 99):>8.1f}ms {pct(releases, 50):>10.1f}ms")
-            if name == "reference":
+            if name != "NextCase":
                 mine = rows[("NextCase", n)][0]
-                line += f" {pct(mine, 50) / pct(claims, 50):>19.2f} {len(claims) / len(mine):>24.2f}"
+                line += f" {pct(mine, 50) / pct(claims, 50):>20.2f} {len(claims) / len(mine):>26.2f}"
             print(line, flush=True)
-
+    print(f"\nNextCase claim p50 / the reference's, round by round: mean and 95 % Student-t interval over {rounds} "
+          "rounds")
+    for (name, n), ratios in paired.items():
+        ratio = mean_ci(ratios)
+        interval = f" [{ratio.low:.2f}, {ratio.high:.2f}]" if ratio.low is not None else ""
+        print(f"  {name:<19} {n:>3} clients: {ratio.mean:.2f}{interval}   rounds: "
+              + " ".join(f"{r:.2f}" for r in ratios))
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,8 @@
 One FastAPI endpoint, one statement: ``UPDATE cases … WHERE id = (SELECT … FOR NO KEY UPDATE SKIP LOCKED LIMIT 1)
 RETURNING id`` on the benchmark's own database, and a release that clears the lease. No authentication, no
 ranking, no audit record, no lease history: what NextCase's claim costs beyond this is what those cost.
+``/claim/{project}/numbered`` adds the one thing of those that makes a project's claims take turns: a gap-free
+claim number (a counter row per project, in the claim's transaction).
 
     NEXTCASE_DATABASE_URL=postgresql+psycopg://... uvicorn benchmarks.reference_claim:app --port 8766
 """
@@ -28,6 +30,13 @@ WHERE id = (
 RETURNING id
 """)
 RELEASE = text("UPDATE cases SET lease_expires_at = NULL WHERE id = :case")
+# Gap-free claim numbers, the least way: a counter row per project (a table of the reference's own), updated in
+# the claim's transaction. Its row lock makes a project's claims take turns until each commits, as NextCase's claim
+# lock does (the control arm's draws follow the claim number: numbers go out one at a time and without gaps).
+COUNT = text("INSERT INTO reference_claim_numbers AS c (project, n) VALUES (:project, 1) "
+             "ON CONFLICT (project) DO UPDATE SET n = c.n + 1 RETURNING n")
+with engine.begin() as setup:
+    setup.execute(text("CREATE TABLE IF NOT EXISTS reference_claim_numbers (project integer PRIMARY KEY, n integer)"))
 
 
 @app.post("/claim/{project}")
@@ -37,6 +46,16 @@ def claim(project: int) -> dict[str, int]:
     if case_id is None:
         raise HTTPException(204)
     return {"case": int(case_id)}
+
+
+@app.post("/claim/{project}/numbered")
+def claim_numbered(project: int) -> dict[str, int]:
+    with engine.begin() as conn:
+        number = conn.scalar(COUNT, {"project": project})
+        case_id = conn.scalar(CLAIM, {"project": project})
+    if case_id is None or number is None:
+        raise HTTPException(204)
+    return {"case": int(case_id), "number": int(number)}
 
 
 @app.delete("/claim/{case}")
