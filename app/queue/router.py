@@ -49,7 +49,7 @@ async def claim_next(project_id: Id, user: UserDep) -> Response:
 
 def _json(body: BaseModel) -> Response:
     """The response of the claim path's hot routes, already built from their response model: FastAPI would
-    validate the model again, in a worker thread of its own (a second thread hop per request)."""
+    validate the model again (for a route that is not ``async``, in a worker thread of its own)."""
     return Response(body.model_dump_json(), media_type="application/json")
 
 
