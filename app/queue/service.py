@@ -462,11 +462,12 @@ def end_lease(session: Session, token: str, user: User, reason: str, skip_reason
     alone = not session.in_transaction()
     row = _execute(session, repo.end_lease_statement(), _end_lease_params(token, user, reason, skip_reason, now),
                    alone=alone)
-    if row is not None and row.ended is None and (row.user_id == user.id or user.role == "admin"):
+    ended = _ended(row, user)
+    if ended is None:
         _why_not_ended(session, token)
     if alone:
         session.commit()  # nothing left to commit: the connection goes back now
-    return _ended(row, user)
+    return ended
 
 
 async def end_lease_async(token: str, user: User, reason: str, skip_reason: str | None = None) -> LeasePublic:
@@ -477,9 +478,10 @@ async def end_lease_async(token: str, user: User, reason: str, skip_reason: str 
     async with db.async_connection() as conn:
         row = await _execute_async(conn, repo.end_lease_statement(),
                                    _end_lease_params(token, user, reason, skip_reason, utcnow()))
-    if row is not None and row.ended is None and (row.user_id == user.id or user.role == "admin"):
+    ended = _ended(row, user)
+    if ended is None:
         await anyio.to_thread.run_sync(_why_not_ended_in_own_session, token)
-    return _ended(row, user)
+    return ended
 
 
 def _end_lease_params(token: str, user: User, reason: str, skip_reason: str | None,
@@ -488,12 +490,15 @@ def _end_lease_params(token: str, user: User, reason: str, skip_reason: str | No
             "claim_reason": reason, "claim_skip_reason": skip_reason, "claim_action": f"lease.{reason}"}
 
 
-def _ended(row: Any | None, user: User) -> LeasePublic:
-    """The lease the end-lease statement ended, or the error saying why it ended none."""
+def _ended(row: Any | None, user: User) -> LeasePublic | None:
+    """The lease the end-lease statement ended; None when the caller's lease did not end (``_why_not_ended`` says
+    why). No such lease and someone else's raise here."""
     if row is None:
         raise NotFound("no lease with this token", field="token")
     if row.user_id != user.id and user.role != "admin":
         raise Forbidden("this lease belongs to another annotator", field="token")
+    if row.ended is None:
+        return None
     return LeasePublic(token=row.token, case_id=row.case_id, user_id=row.user_id, created_at=row.created_at,
                        expires_at=row.expires_at, ended_at=row.ended, end_reason=row.ended_reason)
 
