@@ -190,12 +190,13 @@ def test_a_claim_whose_number_the_draws_sent_miss_is_drawn_with_its_own_number(
     original_params, original_transaction = queue_service._claim_params, queue_service._claim_in_transaction
 
     def always_behind(project_id: int, user: Any, published: int | None = None) -> Any:
-        if stale[0] and not inside:  # each try in autocommit finds the draws it sent far behind
+        if inside:
+            in_transaction.append(project_id)  # a run of the statement in the claim's own transaction
+        elif stale[0]:  # each try in autocommit finds the draws it sent far behind
             queue_service._HINTS[project_id] = (11, -1000, True)
         return original_params(project_id, user, published)
 
     def in_own_transaction(session: Any, project_id: int, user: Any) -> Any:
-        in_transaction.append(project_id)
         inside.append(True)
         try:
             return original_transaction(session, project_id, user)
