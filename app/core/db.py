@@ -209,6 +209,7 @@ async def async_pool() -> AsyncConnectionPool[Any]:
     pool = _async_pools.get(loop)
     if pool is None:
         settings = get_settings()
+        _cache_long_queries()
         pool = _async_pools[loop] = AsyncConnectionPool(
             _libpq_url(settings.database_url), min_size=1, max_size=ASYNC_POOL_SIZE, open=False,
             kwargs={"autocommit": True}, configure=_configure, reset=_note_return,
@@ -244,7 +245,6 @@ def _libpq_url(database_url: str) -> str:
 
 
 async def _configure(conn: AsyncConnection[Any]) -> None:
-    _cache_long_queries()
     for hook in async_connect_hooks:
         hook(conn)
 
