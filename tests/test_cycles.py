@@ -83,6 +83,7 @@ def test_cycle_trains_evaluates_scores_and_publishes(
     cycle = client.get(f"/api/v1/cycles/{cycle_id}", headers=annotator.headers).json()
     assert cycle["status"] == "done", cycle["error"]
     assert cycle["progress"]["step"] == cycle["progress"]["steps"] > 0 and cycle["progress"]["scored"] == 3
+    assert cycle["progress"]["score_passes_per_call"] == 1  # the CPU runs one MC pass per call (memory flat in T)
     assert set(cycle["timings"]) == {"train", "evaluate", "score", "publish"}
     scraped = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(
         client.get("/metrics", headers=admin.headers).text) for s in family.samples}

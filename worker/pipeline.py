@@ -538,7 +538,8 @@ def _score_cases(cycle_id: int, case_ids: list[int], store: BlobStore) -> None:
     if not cases:
         return
     model, meta = _load_model(store, cycle)
-    _progress(cycle_id, score_dtype=_score_dtype(meta.params.score_precision))
+    _progress(cycle_id, score_dtype=_score_dtype(meta.params.score_precision),
+              score_passes_per_call=_passes_per_call(meta.params))
     should_stop = _cancel_checker(cycle_id)
     # Encoding and storing a case's prediction and map runs beside the next case's scoring, not before it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cycle-{cycle_id}-writer") as writer:
@@ -559,6 +560,15 @@ def _score_dtype(precision: str) -> str:
     from worker.ml.inference import default_device, score_dtype
 
     return str(score_dtype(default_device(), precision)).removeprefix("torch.")
+
+
+def _passes_per_call(params: Any) -> int:
+    """How many MC passes this worker runs together (``TrainParams.score_pass_batch``), at most: a GPU that runs out
+    of memory halves it."""
+    from worker.ml.inference import default_device
+    from worker.ml.scoring import pass_group_size
+
+    return pass_group_size(params, default_device())
 
 
 def _raise_failed_writes(pending: list[Future[None]]) -> None:

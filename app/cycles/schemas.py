@@ -32,6 +32,9 @@ class CycleCreate(BaseModel):
     score_precision: Literal["auto", "float32"] | None = Field(None, description=(
         "auto (default): the score phase runs in bfloat16 where the worker's device computes it natively, else "
         "float32; float32: always float32"))
+    score_pass_batch: int | None = Field(None, ge=0, le=64, description=(
+        "MC passes run together per network call (0, default: all T on a CUDA GPU, halved while it runs out of "
+        "memory; one at a time elsewhere); the scores do not depend on it"))
     query_size: int | None = Field(None, ge=1, le=10_000)
     temperature: float | None = Field(None, ge=0, le=100)
     temperature_decay: float | None = Field(None, ge=0, le=10)

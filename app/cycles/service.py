@@ -32,7 +32,7 @@ log = logging.getLogger("nextcase.cycles")
 TRAINING_FIELDS = ("steps", "epochs", "learning_rate", "lr_schedule", "augment", "flip_axes", "val_every",
                    "batch_size", "patch_size", "mc_passes", "dropout", "dropout_position", "channels", "strides",
                    "samples_per_volume", "sw_overlap", "score_whole_volume_voxels", "score_precision",
-                   "query_size", "temperature", "temperature_decay", "seed")
+                   "score_pass_batch", "query_size", "temperature", "temperature_decay", "seed")
 
 
 class BrokerUnavailable(DomainError):

@@ -85,7 +85,7 @@ def test_mc_memory_does_not_grow_with_passes(monkeypatch: pytest.MonkeyPatch) ->
     # Measure every live tensor at the start of pass 3 and of pass 20: if passes were kept (a list of
     # probability maps), the second reading would be 17 probability maps larger.
     passes, shape = 20, (32, 32, 32)
-    original = scoring.sliding_window_probabilities
+    original = scoring.sliding_window_passes
     readings: dict[int, int] = {}
     calls = 0
 
@@ -97,7 +97,7 @@ def test_mc_memory_does_not_grow_with_passes(monkeypatch: pytest.MonkeyPatch) ->
             readings[calls] = _live_tensor_bytes()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "sliding_window_probabilities", measured)
+    monkeypatch.setattr(scoring, "sliding_window_passes", measured)
     model = build_unet(2, tiny_params())
     score_case(model, _image(shape), "bald", tiny_params(mc_passes=passes), case_key=0, device="cpu",
                with_prediction=False)
@@ -108,15 +108,15 @@ def test_mc_memory_does_not_grow_with_passes(monkeypatch: pytest.MonkeyPatch) ->
 
 def _record_passes(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     """Make the scoring loop also keep every pass's probabilities, for reference computations."""
-    original = scoring.sliding_window_probabilities
+    original = scoring.sliding_window_passes
     kept: list[torch.Tensor] = []
 
     def recording(*args: Any, **kwargs: Any) -> torch.Tensor:
         probs = original(*args, **kwargs)
-        kept.append(probs.clone())
+        kept.extend(one.clone() for one in probs)
         return probs
 
-    monkeypatch.setattr(scoring, "sliding_window_probabilities", recording)
+    monkeypatch.setattr(scoring, "sliding_window_passes", recording)
     return kept
 
 
@@ -200,9 +200,9 @@ def test_one_mask_per_pass_across_windows(monkeypatch: pytest.MonkeyPatch) -> No
     events: list[Any] = []
     original_resample = layer.resample
 
-    def resample() -> None:
+    def resample(*args: Any) -> None:
         events.append("resample")
-        original_resample()
+        original_resample(*args)
 
     monkeypatch.setattr(layer, "resample", resample)
 

@@ -24,7 +24,7 @@ from worker.ml.inference import PaddedVolume, blend_windows, logits_to_probabili
 from worker.ml.network import unet_parts
 from worker.ml.params import TrainParams
 
-__all__ = ["EncodedVolume", "decode_probabilities", "encode_volume"]
+__all__ = ["EncodedVolume", "decode_passes", "decode_probabilities", "encode_volume"]
 
 
 @dataclass
@@ -103,10 +103,26 @@ def decode_probabilities(
     Dropout behaves as the model's modes say: frozen and in train mode, one mask per pass for every voxel
     (the caller resamples between passes); in eval mode, the deterministic prediction.
     """
+    return decode_passes(model, encoded, 1, should_stop)[0]
+
+
+def decode_passes(
+    model: nn.Module, encoded: EncodedVolume, passes: int, should_stop: StopCheck | None = None
+) -> torch.Tensor:
+    """(passes, C, D, H, W) probabilities of ``passes`` MC passes of the decoder run together: each batch of cached
+    encoder outputs goes through the decoder once for all of them, repeated once per pass (frozen dropout layers
+    resampled with one generator per pass apply each pass's own mask). Pass k equals :func:`decode_probabilities`
+    with pass k's masks alone; the decoder's activations grow with ``passes``, the encoder cache does not."""
     _, decoder = _parts(model)
 
     def run(index: int, _boxes: list[tuple[slice, ...]]) -> torch.Tensor:
-        return _decode(decoder, encoded.skips[index], encoded.bottoms[index])
+        skips = [_repeat(skip, passes) for skip in encoded.skips[index]]
+        return _decode(decoder, skips, _repeat(encoded.bottoms[index], passes))
 
-    logits = blend_windows(model, encoded.volume, run, encoded.batch, should_stop)
+    logits = blend_windows(model, encoded.volume, run, encoded.batch, should_stop, passes)
     return logits_to_probabilities(logits, encoded.volume)
+
+
+def _repeat(x: torch.Tensor, passes: int) -> torch.Tensor:
+    # Pass by pass along the batch, as blend_windows and the dropout layers read it.
+    return x if passes == 1 else x.repeat(passes, *([1] * (x.dim() - 1)))

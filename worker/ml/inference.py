@@ -35,6 +35,7 @@ __all__ = [
     "predict_probabilities",
     "score_autocast",
     "score_dtype",
+    "sliding_window_passes",
     "sliding_window_probabilities",
     "window_starts",
 ]
@@ -174,32 +175,52 @@ def sliding_window_probabilities(
     if embedding is not None:
         hook = bottleneck_module(model).register_forward_hook(
             lambda _m, _i, out: pooled.append(out.float().mean(dim=(2, 3, 4)).sum(dim=0)))
-
-    def run(_batch: int, boxes: list[tuple[slice, ...]]) -> torch.Tensor:
-        return model(torch.cat([volume.x[(slice(None), slice(None), *box)] for box in boxes]))
-
     try:
-        logits = blend_windows(model, volume, run, params.sw_batch_size, should_stop)
+        probs = _window_passes(model, volume, params.sw_batch_size, 1, should_stop)[0]
     finally:
         if hook is not None:
             hook.remove()
     if embedding is not None:
         embedding.append(torch.stack(pooled).sum(dim=0) / len(volume.windows))
-    return logits_to_probabilities(logits, volume)
+    return probs
+
+
+def sliding_window_passes(
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, passes: int, should_stop: StopCheck | None = None,
+) -> torch.Tensor:
+    """(passes, C, D, H, W) probabilities of ``passes`` MC passes run together, each window's batch once per pass.
+
+    Frozen dropout layers must have been resampled with one generator per pass
+    (:meth:`worker.ml.network.ConsistentDropout.resample`); pass k's result equals what
+    :func:`sliding_window_probabilities` gives with pass k's masks alone.
+    """
+    volume = pad_volume(image_norm, params, next(model.parameters()).device)
+    return _window_passes(model, volume, params.sw_batch_size, passes, should_stop)
+
+
+def _window_passes(
+    model: nn.Module, volume: PaddedVolume, batch: int, passes: int, should_stop: StopCheck | None
+) -> torch.Tensor:
+    def run(_batch: int, boxes: list[tuple[slice, ...]]) -> torch.Tensor:
+        return model(torch.cat([volume.x[(slice(None), slice(None), *box)] for box in boxes] * passes))
+
+    return logits_to_probabilities(blend_windows(model, volume, run, batch, should_stop, passes), volume)
 
 
 def logits_to_probabilities(logits: torch.Tensor, volume: PaddedVolume) -> torch.Tensor:
-    """Softmax over classes, cropped back to the input grid: (C, D, H, W)."""
-    return torch.softmax(logits, dim=0)[(slice(None), *volume.crop)].contiguous()
+    """Softmax over classes, cropped back to the input grid: (passes, C, D, H, W) from (passes, C, *padded)."""
+    return torch.softmax(logits, dim=1)[(slice(None), slice(None), *volume.crop)].contiguous()
 
 
 def blend_windows(
     model: nn.Module, volume: PaddedVolume, run: WindowRunner, batch: int, should_stop: StopCheck | None,
+    passes: int = 1,
 ) -> torch.Tensor:
-    """(C, *padded) mean logits over the windows covering each voxel.
+    """(passes, C, *padded) mean logits over the windows covering each voxel, one map per pass.
 
     ``run(i, boxes)`` returns the logits of the i-th batch of windows (the full network, or only its
-    decoder on cached encoder features); frozen dropout layers see the batch's origins through the grid.
+    decoder on cached encoder features), once per pass, pass by pass: (passes x len(boxes), C, *roi). Frozen
+    dropout layers see the batch's origins through the grid and apply each pass's own mask.
     """
     dropouts = consistent_dropout_modules(model)
     grid = volume.grid
@@ -214,10 +235,13 @@ def blend_windows(
             grid.offsets = [tuple(o) for o in chunk]  # type: ignore[misc]
             boxes = volume.boxes(chunk)
             out = run(index, boxes)
+            if out.shape[0] != passes * len(boxes):
+                raise RuntimeError(f"{passes} pass(es) of {len(boxes)} window(s) gave a batch of {out.shape[0]}")
             if total is None:
-                total = torch.zeros((out.shape[1], *grid.volume_shape), device=volume.x.device)
-            for box, window_logits in zip(boxes, out, strict=True):
-                total[(slice(None), *box)] += window_logits.float()
+                total = torch.zeros((passes, out.shape[1], *grid.volume_shape), device=volume.x.device)
+            for i, window_logits in enumerate(out):
+                total[i // len(boxes)][(slice(None), *boxes[i % len(boxes)])] += window_logits.float()
+            for box in boxes:
                 count[box] += 1
     finally:
         for module in dropouts:

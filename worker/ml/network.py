@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,10 @@ class ConsistentDropout(nn.Module):
     with a grid (set as :attr:`grid` by sliding-window inference) the mask covers the whole volume at this
     layer's resolution and each window gets its own crop, so every voxel sees one sub-network per pass.
 
+    With a grid, one call can also run several passes at once (:meth:`resample` with one generator per pass):
+    the batch then holds the grid's windows once per pass, pass by pass, and each pass gets its own mask, drawn
+    from its own generator. A pass's masks depend only on its generator, not on which passes share its call.
+
     The mask is drawn on the CPU and then moved to the input's device, so a given generator seed yields the
     same masks on CPU and CUDA. In eval mode, or with ``p == 0``, the module is the identity and draws
     nothing.
@@ -82,8 +86,8 @@ class ConsistentDropout(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.p = float(p)
         self._frozen = False
-        self._generator: torch.Generator | None = None
-        self._mask: torch.Tensor | None = None
+        self._generators: list[torch.Generator | None] = [None]
+        self._masks: list[torch.Tensor] = []
         self.grid: WindowGrid | None = None
 
     @property
@@ -93,8 +97,14 @@ class ConsistentDropout(nn.Module):
 
     @property
     def mask(self) -> torch.Tensor | None:
-        """The current frozen mask (already scaled by ``1 / (1 - p)``), or None before the first call."""
-        return self._mask
+        """The current frozen mask of the first pass (without a grid already scaled by ``1 / (1 - p)``; with one,
+        the volume's bool keep-mask), or None before the first call."""
+        return self._masks[0] if self._masks else None
+
+    @property
+    def passes(self) -> int:
+        """How many passes one frozen call runs (the generators given to :meth:`resample`)."""
+        return len(self._generators)
 
     def freeze(self, generator: torch.Generator | None = None) -> None:
         """Reuse one mask per pass from now on.
@@ -102,21 +112,31 @@ class ConsistentDropout(nn.Module):
         Args:
             generator: CPU generator the masks are drawn from; None uses torch's global CPU generator.
         """
-        if generator is not None and generator.device.type != "cpu":
-            raise ValueError(f"generator must be a CPU generator, got device {generator.device}")
+        _check_cpu(generator)
         self._frozen = True
-        self._generator = generator
-        self._mask = None
+        self._generators = [generator]
+        self._masks = []
 
     def unfreeze(self) -> None:
         """Return to ``nn.Dropout`` behaviour and drop the held mask."""
         self._frozen = False
-        self._generator = None
-        self._mask = None
+        self._generators = [None]
+        self._masks = []
 
-    def resample(self) -> None:
-        """Forget the held mask; the next frozen call draws a new one (call this between MC passes)."""
-        self._mask = None
+    def resample(self, generators: Sequence[torch.Generator] | None = None) -> None:
+        """Forget the held masks; the next frozen call draws new ones (call this between MC passes).
+
+        Args:
+            generators: one CPU generator per pass that the next calls run together (with a grid only); None keeps
+                the generators there are.
+        """
+        if generators is not None:
+            if not generators:
+                raise ValueError("resample needs at least one generator")
+            for generator in generators:
+                _check_cpu(generator)
+            self._generators = list(generators)
+        self._masks = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply dropout.
@@ -136,14 +156,16 @@ class ConsistentDropout(nn.Module):
             return F.dropout(x, self.p, training=True)
         if self.grid is not None:
             return self._apply_volume_mask(x, self.grid)
-        if self._mask is None:
-            self._mask = self._draw_mask(x)
-        elif self._mask.shape[1:] != x.shape[1:]:
+        if self.passes != 1:
+            raise RuntimeError(f"ConsistentDropout runs {self.passes} passes per call only on a WindowGrid")
+        if not self._masks:
+            self._masks = [self._draw_mask(x)]
+        elif self._masks[0].shape[1:] != x.shape[1:]:
             raise RuntimeError(
-                f"ConsistentDropout holds a mask for shape {tuple(self._mask.shape[1:])} but got input of "
+                f"ConsistentDropout holds a mask for shape {tuple(self._masks[0].shape[1:])} but got input of "
                 f"shape {tuple(x.shape[1:])}; call resample() before changing the input shape"
             )
-        return x * self._mask
+        return x * self._masks[0]
 
     def _apply_volume_mask(self, x: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
         """``x`` with, for each window, the volume mask under it applied (in place: only MC inference uses a grid,
@@ -152,28 +174,37 @@ class ConsistentDropout(nn.Module):
         if any(r % s for r, s in zip(grid.roi, x.shape[2:], strict=True)):
             raise RuntimeError(f"window {grid.roi} is not a whole multiple of the layer's input {tuple(x.shape[2:])}")
         full = (x.shape[1], *(v // f for v, f in zip(grid.volume_shape, factor, strict=True)))
-        if self._mask is None or tuple(self._mask.shape) != full:
-            if self._mask is not None:
-                raise RuntimeError(f"ConsistentDropout holds a volume mask of shape {tuple(self._mask.shape)} but "
-                                   f"the volume needs {full}; call resample() between volumes")
-            keep = torch.rand(full, generator=self._generator, device="cpu") >= self.p
-            self._mask = keep.to(x.device)  # bool: a 128^3 x 16-channel mask is 32 MiB
-        if len(grid.offsets) != x.shape[0]:
-            raise RuntimeError(f"the grid names {len(grid.offsets)} window(s) for a batch of {x.shape[0]}")
+        if not self._masks:
+            # bool: a 128^3 x 16-channel mask is 32 MiB
+            self._masks = [(torch.rand(full, generator=g, device="cpu") >= self.p).to(x.device)
+                           for g in self._generators]
+        elif tuple(self._masks[0].shape) != full:
+            raise RuntimeError(f"ConsistentDropout holds a volume mask of shape {tuple(self._masks[0].shape)} but "
+                               f"the volume needs {full}; call resample() between volumes")
+        windows = len(grid.offsets)
+        if windows * self.passes != x.shape[0]:
+            raise RuntimeError(f"the grid names {windows} window(s) for {self.passes} pass(es), but the batch holds "
+                               f"{x.shape[0]}")
         out = x if torch.is_inference_mode_enabled() else x.clone()
-        for i, offset in enumerate(grid.offsets):
+        for i in range(x.shape[0]):
+            mask, offset = self._masks[i // windows], grid.offsets[i % windows]
             # A bool view multiplies without a float copy of the mask: the masks were a third of a pass's time.
-            out[i].mul_(self._mask[(slice(None), *(slice(o // f, o // f + s) for o, f, s in
-                                                   zip(offset, factor, x.shape[2:], strict=True)))])
+            out[i].mul_(mask[(slice(None), *(slice(o // f, o // f + s) for o, f, s in
+                                             zip(offset, factor, x.shape[2:], strict=True)))])
         return out.mul_(1.0 / (1.0 - self.p))
 
     def _draw_mask(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, *x.shape[1:])
-        keep = torch.rand(shape, generator=self._generator, device="cpu") >= self.p
+        keep = torch.rand(shape, generator=self._generators[0], device="cpu") >= self.p
         return keep.to(device=x.device, dtype=x.dtype) / (1.0 - self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, frozen={self._frozen}"
+
+
+def _check_cpu(generator: torch.Generator | None) -> None:
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU generator, got device {generator.device}")
 
 
 def build_unet(

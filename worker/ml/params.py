@@ -60,6 +60,10 @@ class TrainParams:
             AVX512-BF16 or AMX), else in float32; "float32" always in float32. Statistics accumulate in float64
             either way. Case scores move by about 0.1 %; tests/ml/test_precision.py checks that the ranking of a
             fixed set of cases stays (Spearman's rho >= 0.99).
+        score_pass_batch: MC passes run together, in one network call per batch of windows (each pass with its own
+            dropout masks, drawn as if it ran alone: the statistics do not depend on it). 0 (auto): all T passes on
+            a CUDA GPU, halving the group while the GPU runs out of memory; one at a time elsewhere, where
+            memory then stays flat in T. Memory for the decoder's activations grows with the group.
         query_size: cases an annotation round is expected to take; batch-aware strategies (core-set)
             spread their first ``query_size`` picks.
         temperature: initial temperature of stochastic (power / Gumbel) selection; 0 is greedy top-k.
@@ -89,6 +93,7 @@ class TrainParams:
     sw_batch_size: int = 1
     score_whole_volume_voxels: int = 0
     score_precision: Literal["auto", "float32"] = "auto"
+    score_pass_batch: int = 0
     query_size: int = 10
     temperature: float = 1.0
     temperature_decay: float = 0.5
@@ -118,6 +123,7 @@ class TrainParams:
         _require_unit_interval("dropout", self.dropout, include_one=False)
         _require_unit_interval("foreground_ratio", self.foreground_ratio, include_one=True)
         _require_unit_interval("sw_overlap", self.sw_overlap, include_one=False)
+        _require_int("score_pass_batch", self.score_pass_batch, minimum=0)
         if self.score_whole_volume_voxels < 0:
             raise ValueError(f"score_whole_volume_voxels must be >= 0, got {self.score_whole_volume_voxels}")
         if self.score_precision not in SCORE_PRECISIONS:

@@ -15,9 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.ml.cached import EncodedVolume, decode_probabilities, encode_volume
+from worker.ml.cached import EncodedVolume, decode_passes, decode_probabilities, encode_volume
 from worker.ml.cancel import StopCheck
-from worker.ml.inference import default_device, score_autocast, sliding_window_probabilities
+from worker.ml.inference import (
+    default_device,
+    score_autocast,
+    sliding_window_passes,
+    sliding_window_probabilities,
+)
 from worker.ml.network import consistent_dropout_modules, decoder_only_dropout, mc_dropout_mode, preserve_modes
 from worker.ml.params import TrainParams
 
@@ -30,6 +35,8 @@ __all__ = [
     "foreground_variance",
     "get_strategy",
     "mc_dropout_statistics",
+    "pass_generator",
+    "pass_group_size",
     "rank_cases",
     "register_strategy",
     "score_case",
@@ -236,15 +243,16 @@ def mc_dropout_statistics(
     """Run T = ``params.mc_passes`` MC-dropout passes and accumulate their statistics.
 
     Only dropout modules are in train mode (:func:`mc_dropout_mode`); normalisation layers use their eval
-    statistics. Every :class:`ConsistentDropout` is frozen on one CPU generator seeded with ``params.seed``
-    and resampled before each pass, so each pass is one fixed sub-network applied to every sliding window.
-    Masks depend only on the seed and the ROI, so all cases scored with the same seed see the same T
+    statistics. Every :class:`ConsistentDropout` is frozen, and pass t draws its masks from its own CPU generator
+    (:func:`pass_generator` of ``params.seed`` and t), so each pass is one fixed sub-network applied to every
+    sliding window. Masks depend only on the seed, the pass and the ROI, not on which passes run together
+    (``params.score_pass_batch``) or on the device, so all cases scored with the same seed see the same T
     sub-networks and their scores are comparable, and re-scoring reproduces them.
 
     Args:
         model: network with ConsistentDropout layers (see :func:`worker.ml.network.build_unet`).
         image_norm: (D, H, W) normalised image.
-        params: mc_passes, seed and sliding-window settings.
+        params: mc_passes, seed, score_pass_batch and sliding-window settings.
         device: device to run and accumulate on.
         should_stop: polled before every batch of windows of every pass (see :func:`score_case`).
         with_entropy: also accumulate the per-pass predictive entropy (BALD).
@@ -255,30 +263,65 @@ def mc_dropout_statistics(
     dropouts = consistent_dropout_modules(model)
     if not any(m.p > 0 for m in dropouts):
         logger.warning("model has no active dropout; MC-dropout uncertainty will be zero")
-    generator = torch.Generator().manual_seed(params.seed)
-    moments = RunningMoments()
-    entropy_sum: torch.Tensor | None = None
+    stats = MCStatistics(moments=RunningMoments(), entropy_sum=None, passes=params.mc_passes)
     model.to(device)
+    group = pass_group_size(params, device)
     with mc_dropout_mode(model), torch.inference_mode():
         for module in dropouts:
-            module.freeze(generator)
+            module.freeze()
         try:
-            for _ in range(params.mc_passes):
-                for module in dropouts:
-                    module.resample()
-                if encoded is None:
-                    probs = sliding_window_probabilities(model, image_norm, params, should_stop=should_stop)
-                else:
-                    probs = decode_probabilities(model, encoded, should_stop)
-                moments.update(probs)
-                if with_entropy:
-                    entropy = _entropy(probs.double())
-                    entropy_sum = entropy if entropy_sum is None else entropy_sum + entropy
+            first = 0
+            while first < params.mc_passes:
+                group = min(group, params.mc_passes - first)
+                try:
+                    probs = _run_passes(model, image_norm, params, range(first, first + group), should_stop, encoded)
+                except torch.OutOfMemoryError:
+                    if group == 1 or params.score_pass_batch:
+                        raise
+                    group //= 2
+                    logger.warning("out of device memory with MC passes run together; now %d at a time", group)
+                    continue
+                for one in probs:
+                    _accumulate(stats, one, with_entropy)
                 del probs
+                first += group
         finally:
             for module in dropouts:
                 module.unfreeze()
-    return MCStatistics(moments=moments, entropy_sum=entropy_sum, passes=params.mc_passes)
+    return stats
+
+
+def pass_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator MC pass ``index`` draws its dropout masks from, for the scoring seed ``seed``."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def pass_group_size(params: TrainParams, device: str) -> int:
+    """How many MC passes run together (``TrainParams.score_pass_batch``; 0: all T on CUDA, one elsewhere)."""
+    if params.score_pass_batch:
+        return min(params.score_pass_batch, params.mc_passes)
+    return params.mc_passes if torch.device(device).type == "cuda" else 1
+
+
+def _run_passes(
+    model: nn.Module, image_norm: np.ndarray, params: TrainParams, passes: range, should_stop: StopCheck | None,
+    encoded: EncodedVolume | None,
+) -> torch.Tensor:
+    """(len(passes), C, D, H, W) probabilities of these passes, run together."""
+    generators = [pass_generator(params.seed, index) for index in passes]
+    for module in consistent_dropout_modules(model):
+        module.resample(generators)
+    if encoded is None:
+        return sliding_window_passes(model, image_norm, params, len(passes), should_stop)
+    return decode_passes(model, encoded, len(passes), should_stop)
+
+
+def _accumulate(stats: MCStatistics, probs: torch.Tensor, with_entropy: bool) -> None:
+    stats.moments.update(probs)
+    if with_entropy:
+        entropy = _entropy(probs.double())
+        stats.entropy_sum = entropy if stats.entropy_sum is None else stats.entropy_sum + entropy
 
 
 def variance_score_from_probs(probs: torch.Tensor) -> float:
