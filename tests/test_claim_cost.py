@@ -243,6 +243,27 @@ def test_within_the_bound_an_ended_claim_connection_fails_one_claim_and_is_repla
     assert len({held} | {claim(client, annotator, project)["case"]["id"] for _ in range(3)}) == 4
 
 
+def test_the_claim_pool_hands_out_the_connection_returned_last(client: TestClient, database_url: str) -> None:
+    """After a burst, a light load keeps to one warm connection (psycopg's pool alone would cycle through all)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite claims run through the ORM's pool")
+    assert client.portal is not None
+    returned, next_used = client.portal.call(_reuse_after_burst)
+    assert next_used == returned[-1], (returned, next_used)
+
+
+async def _reuse_after_burst() -> tuple[list[int], int]:
+    """Backend pids of 3 connections in the order they went back to the pool, and of the next one handed out."""
+    returned: list[int] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(3):  # held at once, so three connections
+            conn = await stack.enter_async_context(db.async_connection())
+            await conn.execute("SELECT 1")
+            stack.callback(returned.append, conn.info.backend_pid)  # runs just before this connection goes back
+    async with db.async_connection() as conn:
+        return returned, conn.info.backend_pid
+
+
 async def _use_connections(n: int) -> int:
     """Check out n connections of the event loop's pool at once, use each, give them back."""
     pool = await db.async_pool()
