@@ -23,7 +23,13 @@ from worker.ml.inference import (
     sliding_window_passes,
     sliding_window_probabilities,
 )
-from worker.ml.network import consistent_dropout_modules, decoder_only_dropout, mc_dropout_mode, preserve_modes
+from worker.ml.network import (
+    ConsistentDropout,
+    consistent_dropout_modules,
+    decoder_only_dropout,
+    mc_dropout_mode,
+    preserve_modes,
+)
 from worker.ml.params import TrainParams
 
 __all__ = [
@@ -274,7 +280,8 @@ def mc_dropout_statistics(
             while first < params.mc_passes:
                 group = min(group, params.mc_passes - first)
                 try:
-                    probs = _run_passes(model, image_norm, params, range(first, first + group), should_stop, encoded)
+                    probs = _run_passes(model, dropouts, image_norm, params, range(first, first + group), should_stop,
+                                        encoded)
                 except torch.OutOfMemoryError:
                     if group == 1 or params.score_pass_batch:
                         raise
@@ -305,12 +312,13 @@ def pass_group_size(params: TrainParams, device: str) -> int:
 
 
 def _run_passes(
-    model: nn.Module, image_norm: np.ndarray, params: TrainParams, passes: range, should_stop: StopCheck | None,
-    encoded: EncodedVolume | None,
+    model: nn.Module, dropouts: list[ConsistentDropout], image_norm: np.ndarray, params: TrainParams, passes: range,
+    should_stop: StopCheck | None, encoded: EncodedVolume | None,
 ) -> torch.Tensor:
-    """(len(passes), C, D, H, W) probabilities of these passes, run together."""
+    """(len(passes), C, D, H, W) probabilities of these passes, run together (``dropouts``: the model's frozen
+    ConsistentDropout modules)."""
     generators = [pass_generator(params.seed, index) for index in passes]
-    for module in consistent_dropout_modules(model):
+    for module in dropouts:
         module.resample(generators)
     if encoded is None:
         return sliding_window_passes(model, image_norm, params, len(passes), should_stop)
