@@ -7,8 +7,8 @@ claim numbers (``/claim/{project}/numbered``), the one part of NextCase's claim 
 turns. For each client count N, N concurrent annotators claim the next case and release it for a fixed time
 against each system in turn; ROUNDS such rounds. Prints claim latency (p50 / p99), release latency and claims per
 second over all rounds, and NextCase's claim median as a ratio to each reference's: pooled over all rounds, and
-round by round (paired) with a 95 % interval. Each system's run starts on a freshly vacuumed database (``vacuum``
-says why; ``--no-vacuum`` leaves the dead rows of earlier runs in place).
+round by round (paired) with a 95 % interval. Each system's run starts on a freshly vacuumed and analyzed database
+(``vacuum`` says why; ``--no-vacuum`` keeps the statistics and dead rows earlier runs left).
 
     .venv/bin/python -m benchmarks.queue_load --clients 1,8,32,64 --seconds 15
 
